@@ -1,0 +1,50 @@
+# liftshift — one entry point for building, testing and benchmarking.
+# Every target that runs Python creates .venv and installs the project first.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CC     ?= cc
+CFLAGS ?= -O2 -g -Wall -Wextra -Werror -std=gnu11
+PYTEST_ARGS ?=
+
+LIB    := build/lib/libliftshift_ring.so
+STRESS := build/bin/ring_stress
+C_SRC  := iofilter/liftshift_ring.c iofilter/liftshift_ring.h
+
+.PHONY: all venv cbuild test bench lint clean
+
+all: venv cbuild
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+$(LIB): $(C_SRC)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -shared -o $@ iofilter/liftshift_ring.c -lxxhash -lpthread
+
+$(STRESS): $(C_SRC) iofilter/ring_stress.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ iofilter/ring_stress.c iofilter/liftshift_ring.c -lxxhash -lpthread
+
+cbuild: $(LIB) $(STRESS)
+
+test: venv cbuild
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv cbuild
+	$(PY) tests/bench/run.py --out bench-results.json
+
+lint: venv
+	$(PY) -m ruff check iofilter daemon sink ctl tests
+	$(PY) -m mypy iofilter daemon sink ctl
+
+clean:
+	rm -rf build bench-results.json .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""liftshift ctl package."""

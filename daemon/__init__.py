@@ -1,0 +1,1 @@
+"""liftshift daemon package."""

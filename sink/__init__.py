@@ -1,0 +1,1 @@
+"""liftshift sink package."""

@@ -1,0 +1,26 @@
+"""Shared fixtures; the tests folder is importable (tooling, cbuild)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture
+def shm_dir(tmp_path: Path) -> Iterator[Path]:
+    """A fresh directory on tmpfs (falls back to tmp_path) for ring files."""
+    base = Path("/dev/shm")
+    if base.is_dir() and os.access(base, os.W_OK):
+        d = Path(tempfile.mkdtemp(prefix="liftshift-test-", dir=base))
+        yield d
+        shutil.rmtree(d, ignore_errors=True)
+    else:
+        yield tmp_path
