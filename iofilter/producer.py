@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import threading
 import time
 
@@ -34,6 +35,7 @@ from .ring import (
     bell_path,
 )
 
+_Q = struct.Struct("<Q")
 _EMPTY_XXH3 = xxhash.xxh3_64_intdigest(b"")
 _MAX_RANGE_RECORD = 1 << 30  # ZERO / TRIM ranges are split at 1 GiB
 _CLOSE_WAIT_S = 30.0
@@ -57,6 +59,12 @@ class RingProducer:
         mm = self._m.mm
         self._mm = mm
         self._off = {name: off for name, (off, _) in HEADER.items()}
+        # Words only this producer writes are cached: the shared copy is
+        # written on every change but never read back on the hot path.
+        self._reserve = self._get("reserve")
+        self._next_seq = self._get("next_seq")
+        self._writes = self._get("writes")
+        self._bytes = self._get("bytes")
 
     # -- public API -------------------------------------------------------
 
@@ -119,11 +127,10 @@ class RingProducer:
     # -- internals --------------------------------------------------------
 
     def _get(self, name: str) -> int:
-        return int.from_bytes(self._mm[self._off[name] : self._off[name] + 8], "little")
+        return int(_Q.unpack_from(self._mm, self._off[name])[0])
 
     def _set(self, name: str, value: int) -> None:
-        off = self._off[name]
-        self._mm[off : off + 8] = value.to_bytes(8, "little")
+        _Q.pack_into(self._mm, self._off[name], value)
 
     def _check_range(self, offset: int, length: int) -> None:
         size = self.geometry.disk_size
@@ -159,8 +166,10 @@ class RingProducer:
                 self._set("throttled_ns", self._get("throttled_ns") + slot - now)
 
     def _count(self, nbytes: int) -> None:
-        self._set("writes", self._get("writes") + 1)
-        self._set("bytes", self._get("bytes") + nbytes)
+        self._writes += 1
+        self._bytes += nbytes
+        self._set("writes", self._writes)
+        self._set("bytes", self._bytes)
 
     def _publish(self, flag: int, offset: int, length: int, payload: memoryview | None, digest: int,
                  whole: int) -> bool:
@@ -187,7 +196,7 @@ class RingProducer:
         cap = m.capacity
         paylen = len(payload) if payload is not None else 0
         size = RECORD_HEADER + align8(paylen)
-        reserve = self._get("reserve")
+        reserve = self._reserve
         release = self._get("release")
         pos = reserve & m.mask
         pad = cap - pos if pos + size > cap else 0
@@ -198,14 +207,16 @@ class RingProducer:
             # The tail is too short for this record: fill it with a PAD record.
             mm[base + pos : base + pos + 8] = (pad | WORD_PAD).to_bytes(8, "little")
             pos = 0
-        seq = self._get("next_seq")
+        seq = self._next_seq
         at = base + pos
         # Fields and payload first; commit (below) publishes them (x86-64 TSO).
         REC.pack_into(mm, at, size, seq, offset, length, flag, paylen, digest, time.monotonic_ns())
         if paylen:
             mm[at + RECORD_HEADER : at + RECORD_HEADER + paylen] = payload
+        self._next_seq = seq + 1
         self._set("next_seq", seq + 1)
         end = reserve + pad + size
+        self._reserve = end
         self._set("reserve", end)
         self._set("commit", end)
         self._ring_bell()

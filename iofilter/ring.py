@@ -385,7 +385,10 @@ class Mapped:
             header = os.pread(fd, HEADER_SIZE, 0)
             self.geometry = read_geometry(self.path, header, size)
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            self.mm = mmap.mmap(fd, self.geometry.file_size, mmap.MAP_SHARED, prot)
+            # MAP_POPULATE maps every page now, so the hot path never takes a
+            # page fault the first time it touches a part of the ring.
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self.mm = mmap.mmap(fd, self.geometry.file_size, flags, prot)
         finally:
             os.close(fd)
         self.buf = memoryview(self.mm)

@@ -56,7 +56,7 @@ def test_records_carry_what_was_written(ring: Path) -> None:
         (4, 16 * MiB, 256 << 10, FLAG_WRITE, 256 << 10),
         (5, 16 * MiB + (256 << 10), 256 << 10, FLAG_WRITE, 256 << 10),
     ]
-    assert recs[3].payload + recs[4].payload == bytes(range(256)) * 2048
+    assert bytes(recs[3].payload) + bytes(recs[4].payload) == bytes(range(256)) * 2048
 
 
 def test_close_carries_final_sequence_and_refuses_later_writes(ring: Path) -> None:
