@@ -13,7 +13,7 @@ LIB    := build/lib/libliftshift_ring.so
 STRESS := build/bin/ring_stress
 C_SRC  := iofilter/liftshift_ring.c iofilter/liftshift_ring.h
 
-.PHONY: all venv cbuild test bench lint clean
+.PHONY: all venv cbuild proto test bench lint clean
 
 all: venv cbuild
 
@@ -34,6 +34,12 @@ $(STRESS): $(C_SRC) iofilter/ring_stress.c
 	$(CC) $(CFLAGS) -o $@ iofilter/ring_stress.c iofilter/liftshift_ring.c -lxxhash -lpthread
 
 cbuild: $(LIB) $(STRESS)
+
+# Regenerate the Python modules from the .proto contracts (grpcio-tools is
+# pinned in pyproject.toml so the output is reproducible; a test checks drift).
+PROTOS := $(wildcard proto/liftshift/v1/*.proto)
+proto: venv
+	$(PY) -m grpc_tools.protoc -I proto --python_out=proto --grpc_python_out=proto --pyi_out=proto $(PROTOS)
 
 test: venv cbuild
 	$(PY) -m pytest $(PYTEST_ARGS)

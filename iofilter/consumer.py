@@ -54,7 +54,7 @@ class Record(NamedTuple):
     offset: int
     length: int
     flags: int
-    payload: bytes
+    payload: bytes | memoryview
     time_ns: int
     end: int  # ring position just past this record: release(end) frees it
 
@@ -302,7 +302,7 @@ class RingConsumer:
             return True
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(self._bell, lambda: fut.done() or fut.set_result(None))
+        loop.add_reader(self._bell, _wake, fut)
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
@@ -368,6 +368,11 @@ class RingConsumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _merge(chunks: list[int], chunk_size: int, disk_size: int) -> list[tuple[int, int]]:

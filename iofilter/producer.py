@@ -68,28 +68,55 @@ class RingProducer:
 
     # -- public API -------------------------------------------------------
 
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
-        """Publish a WRITE of ``data`` at ``offset`` (split at ``max_record``)."""
+    def admit(self, offset: int, length: int) -> None:
+        """Admit a guest write before it goes to the vdisk.
+
+        Refuses writes outside the disk, after close and while frozen, and
+        waits for a throttle slot.  A front-end that writes the vdisk itself
+        calls ``admit`` -> writes the vdisk -> ``publish_*``: a write admitted
+        before a freeze is still published, so a freeze never loses one.
+        """
+        self._check_range(offset, length)
+        with self._lock:
+            self._admit(length)
+
+    def publish_write(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
+        """Publish an admitted WRITE of ``data`` at ``offset`` (split at ``max_record``)."""
         mv = memoryview(data).cast("B")
         n = len(mv)
         self._check_range(offset, n)
+        step = self.geometry.max_record
         with self._lock:
-            self._admit(n)
-            ok = True
-            step = self.geometry.max_record
+            self._check_open()
             for start in range(0, n, step):
                 part = mv[start : start + step]
-                ok = self._publish(FLAG_WRITE, offset + start, len(part), part, self._xxh(part), n) and ok
+                if not self._publish(FLAG_WRITE, offset + start, len(part), part, self._xxh(part)):
+                    return self._overflowed(offset + start, n - start, n)
             self._count(n)
-            return ok
+            return True
+
+    def publish_zeroes(self, offset: int, length: int) -> bool:
+        """Publish an admitted ZERO: the range reads back as zeros."""
+        return self._publish_range(FLAG_ZERO, offset, length)
+
+    def publish_trim(self, offset: int, length: int) -> bool:
+        """Publish an admitted TRIM: the range is discarded (reads back as zeros)."""
+        return self._publish_range(FLAG_TRIM, offset, length)
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
+        """Admit and publish a WRITE (for callers with no vdisk of their own)."""
+        self.admit(offset, len(memoryview(data).cast("B")))
+        return self.publish_write(offset, data)
 
     def write_zeroes(self, offset: int, length: int) -> bool:
-        """Publish a ZERO record: the range reads back as zeros."""
-        return self._range(FLAG_ZERO, offset, length)
+        """Admit and publish a ZERO record."""
+        self.admit(offset, length)
+        return self.publish_zeroes(offset, length)
 
     def trim(self, offset: int, length: int) -> bool:
-        """Publish a TRIM record: the range is discarded (reads back as zeros)."""
-        return self._range(FLAG_TRIM, offset, length)
+        """Admit and publish a TRIM record."""
+        self.admit(offset, length)
+        return self.publish_trim(offset, length)
 
     def close(self) -> int:
         """Append the CLOSE record and return its sequence, the ring's final one."""
@@ -137,21 +164,24 @@ class RingProducer:
         if offset < 0 or length <= 0 or offset + length > size:
             raise OutOfRangeError(self.path, f"write [{offset}, +{length}) is outside the {size}-byte disk")
 
-    def _range(self, flag: int, offset: int, length: int) -> bool:
+    def _publish_range(self, flag: int, offset: int, length: int) -> bool:
         self._check_range(offset, length)
         with self._lock:
-            self._admit(length)
-            ok = True
+            self._check_open()
             for start in range(0, length, _MAX_RANGE_RECORD):
                 part = min(_MAX_RANGE_RECORD, length - start)
-                ok = self._publish(flag, offset + start, part, None, _EMPTY_XXH3, length) and ok
+                if not self._publish(flag, offset + start, part, None, _EMPTY_XXH3):
+                    return self._overflowed(offset + start, length - start, length)
             self._count(length)
-            return ok
+            return True
+
+    def _check_open(self) -> None:
+        if self._get("closed"):
+            raise RingClosedError(self.path, "ring is closed; the source VM has stopped")
 
     def _admit(self, nbytes: int) -> None:
         """Refuse when closed or frozen; otherwise wait for a throttle slot."""
-        if self._get("closed"):
-            raise RingClosedError(self.path, "ring is closed; the source VM has stopped")
+        self._check_open()
         if self._get("freeze"):
             self._set("frozen_rejects", self._get("frozen_rejects") + 1)
             raise RingFrozenError(self.path, "writes are frozen: the source VM is being stopped for cutover")
@@ -171,9 +201,8 @@ class RingProducer:
         self._set("writes", self._writes)
         self._set("bytes", self._bytes)
 
-    def _publish(self, flag: int, offset: int, length: int, payload: memoryview | None, digest: int,
-                 whole: int) -> bool:
-        """Append one record, waiting up to ``overflow_wait_ns``; else mark dirty."""
+    def _publish(self, flag: int, offset: int, length: int, payload: memoryview | None, digest: int) -> bool:
+        """Append one record, waiting up to ``overflow_wait_ns`` for space."""
         if self._try_append(flag, offset, length, payload, digest) is not None:
             return True
         deadline = time.monotonic_ns() + self._get("overflow_wait_ns")
@@ -183,9 +212,15 @@ class RingProducer:
             delay = min(delay * 2, 0.0005)
             if self._try_append(flag, offset, length, payload, digest) is not None:
                 return True
-        self._mark_dirty(offset, length)
+        return False
+
+    def _overflowed(self, offset: int, rest: int, whole: int) -> bool:
+        """The ring stayed full: the rest of the call goes to the dirty bitmap
+        without waiting again; counted once per call, as the C producer does."""
+        self._mark_dirty(offset, rest)
         self._set("overflows", self._get("overflows") + 1)
-        self._set("overflow_bytes", self._get("overflow_bytes") + length)
+        self._set("overflow_bytes", self._get("overflow_bytes") + rest)
+        self._count(whole)
         return False
 
     def _try_append(self, flag: int, offset: int, length: int, payload: memoryview | None,
@@ -211,7 +246,7 @@ class RingProducer:
         at = base + pos
         # Fields and payload first; commit (below) publishes them (x86-64 TSO).
         REC.pack_into(mm, at, size, seq, offset, length, flag, paylen, digest, time.monotonic_ns())
-        if paylen:
+        if payload is not None and paylen:
             mm[at + RECORD_HEADER : at + RECORD_HEADER + paylen] = payload
         self._next_seq = seq + 1
         self._set("next_seq", seq + 1)

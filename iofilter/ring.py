@@ -67,9 +67,19 @@ A producer publishes a write only after the write has reached the vdisk, so
 that whatever the daemon later reads from the vdisk for a dirty range is at
 least as new as the record or bit that sent it there.
 
+Admission and publication are separate steps: a filter *admits* a guest
+write (range, closed, freeze, throttle) before it goes to the vdisk and
+*publishes* it after; publication ignores ``freeze``, so a write admitted
+before a freeze is never lost.  The CLOSE record, appended once the VM has
+stopped and its IO has completed, is the barrier after which nothing more is
+published.  ``writes``/``bytes`` count calls (a split or overflowed call
+once), ``overflows``/``overflow_bytes`` count calls that overflowed and the
+bytes that went to the bitmap.
+
 Overflow: when reserve finds the ring full the producer retries for at most
 ``overflow_wait_ns`` (a control word) and then, instead of blocking the guest,
-marks the chunks of the write in the *active* dirty bitmap and counts
+marks the chunks of the write in the *active* dirty bitmap (chunk ``c`` is bit
+``c % 64`` of u64 word ``c // 64``) and counts
 ``overflows``/``overflow_bytes``.  Marking: ``e = dirty_epoch``; atomically OR
 the bits into bitmap ``e & 1``; full fence; if ``dirty_epoch != e`` mark again
 in the new active bitmap.  The daemon harvests with an epoch swap: store
@@ -93,6 +103,13 @@ x86-64 TSO.  A Python "full fence" is an uncontended ``threading.Lock``
 acquire/release, which executes a locked instruction.  The Python producer
 does not take the C spin lock: it must be the only producer process of its
 ring (several threads of it are serialised by a local lock).
+
+Known limits: a producer that dies while holding the spin lock wedges the
+ring (the producers of a ring live in one VM process, so only when the VM
+itself died); two producers racing on overlapping ranges may publish in the
+opposite order to the one the vdisk saw (the guest gets no ordering
+guarantee for concurrent overlapping writes either) — the XXH3-128 check at
+cutover finds and repairs such a chunk.
 """
 
 from __future__ import annotations

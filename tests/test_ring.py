@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import xxhash
-
 from liftshift.iofilter import (
     FLAG_CLOSE,
     FLAG_TRIM,
@@ -251,3 +250,17 @@ def test_corrupt_payload_is_reported_and_dirtied(ring: Path) -> None:
         assert isinstance(bad, CorruptRecord)
         assert bad.expected == xxhash.xxh3_64_intdigest(b"bad!" * 1024) != bad.actual
         assert c.take_dirty() == [(3 * MiB, 64 << 10)]
+
+
+def test_write_admitted_before_freeze_is_still_published(ring: Path) -> None:
+    with RingProducer(ring) as p, RingConsumer(ring) as c:
+        p.admit(4096, 512)  # the front-end admitted the write ...
+        c.set_control(freeze=True)  # ... the daemon froze while it was going to the vdisk ...
+        assert p.publish_write(4096, b"k" * 512)  # ... and it is not lost
+        with pytest.raises(RingFrozenError):
+            p.admit(8192, 512)
+        recs = c.read()
+        assert [(r.offset, bytes(r.payload)) for r in recs] == [(4096, b"k" * 512)]
+        p.close()
+        with pytest.raises(RingClosedError):
+            p.publish_write(0, b"late")

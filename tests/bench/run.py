@@ -69,9 +69,9 @@ def main() -> int:
         rows.extend(got)
     widths = [max(len(f), *(len(_fmt(r[f])) for r in rows)) if rows else len(f) for f in FIELDS]
     print()
-    print("  ".join(f.ljust(w) for f, w in zip(FIELDS, widths)))
+    print("  ".join(f.ljust(w) for f, w in zip(FIELDS, widths, strict=True)))
     for r in rows:
-        print("  ".join(_fmt(r[f]).ljust(w) for f, w in zip(FIELDS, widths)))
+        print("  ".join(_fmt(r[f]).ljust(w) for f, w in zip(FIELDS, widths, strict=True)))
     Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nwrote {len(rows)} results to {args.out}")
     if failed:
