@@ -65,7 +65,7 @@ def _run_one(tmp: Path, kind: str, size: int, records: int) -> tuple[int, int, f
     ring = tmp / f"{kind}-{size}.ring"
     create_ring(ring, DISK, capacity=CAPACITY, max_record=max(size, 1 << 20), overflow_wait_ns=10_000_000_000)
     if kind == "C":
-        cmd = [str(STRESS), "--ring", str(ring), "--image", "/dev/null", "--threads", "1",
+        cmd = [str(STRESS), "--ring", str(ring), "--image", "-", "--threads", "1",
                "--records", str(records), "--fixed-size", str(size)]
     else:
         cmd = [sys.executable, str(Path(__file__).with_name("ring_pyproducer.py")), str(ring),
