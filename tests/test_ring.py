@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import xxhash
+
 from liftshift.iofilter import (
     FLAG_CLOSE,
     FLAG_TRIM,

@@ -28,6 +28,7 @@ import pytest
 import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from liftshift.iofilter import ring
 
 # Return codes of the C API (checked against the header in test_constants_agree).
