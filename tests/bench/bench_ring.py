@@ -15,9 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from run import result
+
 from liftshift.iofilter import RingConsumer, create_ring, remove_ring
 from liftshift.iofilter.alloc import tune_malloc
-from run import result
 
 REPO = Path(__file__).resolve().parents[2]
 STRESS = REPO / "build" / "bin" / "ring_stress"
