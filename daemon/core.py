@@ -257,7 +257,7 @@ class VdiskSync:
             self._recent.clear()
         if loser is None:
             return None
-        self.mark_dirty([(plan.offset, plan.length)])
+        self._requeue(plan)  # read again later, as background or as dirty units
         self.progress.discarded_chunks += 1
         return ChunkDiscarded(plan, loser)
 
@@ -324,6 +324,10 @@ class VdiskSync:
                 lags.append(now_ns - f.first_time_ns)
         self.durable_seq = max(self.durable_seq, durable_seq)
         return FramesDurable(release, self.durable_seq, chunk_bytes, live_bytes, lags)
+
+    def inflight_chunk_bytes(self) -> int:
+        """Bytes of chunks sent and not yet durable."""
+        return sum(f.nbytes for f in self._frames.values() if f.plan is not None)
 
     def oldest_unacked_time_ns(self) -> int | None:
         """Commit time of the oldest live record shipped but not yet durable."""

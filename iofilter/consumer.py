@@ -240,8 +240,6 @@ class RingConsumer:
                     raise RingCorruptError(self.path, f"record {seq} payload {paylen} exceeds its size")
                 if expect is not None and seq != expect:
                     raise RingCorruptError(self.path, f"sequence {seq} at position {pos + o}, expected {expect}")
-                if batch.first_seq is None:
-                    batch.first_seq, batch.first_time_ns = seq, time_ns
             actual = xxh(mv[o + RECORD_HEADER : o + RECORD_HEADER + paylen])
             if actual != digest:
                 batch.corrupt.append(CorruptRecord(seq, offset, length, flags, pos + end, digest, actual))
@@ -257,6 +255,10 @@ class RingConsumer:
             if word & WORD_PAD and o + (word & WORD_LEN_MASK) == n and (pos + n) & self._m.mask == 0:
                 o = n
         if count:
+            first = 0
+            while REC.unpack_from(blob, first)[0] & WORD_PAD:  # at most one PAD, before the wrap
+                first += REC.unpack_from(blob, first)[0] & WORD_LEN_MASK
+            _w, batch.first_seq, *_rest, batch.first_time_ns = REC.unpack_from(blob, first)
             batch.count, batch.payload_bytes = count, payload
             batch.last_seq, flags, batch.last_time_ns = last
             if flags & FLAG_CLOSE:

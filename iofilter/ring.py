@@ -177,7 +177,11 @@ FLAG_WRITE = 1
 FLAG_ZERO = 2
 FLAG_TRIM = 4
 FLAG_CLOSE = 8
-FLAG_NAMES = {FLAG_WRITE: "WRITE", FLAG_ZERO: "ZERO", FLAG_TRIM: "TRIM", FLAG_CLOSE: "CLOSE"}
+# Never written into a ring: the daemon sets it, in its private copy of a
+# batch, on a record whose payload failed its checksum, so the sink keeps the
+# sequence contiguous without applying it (the range is resynced instead).
+FLAG_VOID = 16
+FLAG_NAMES = {FLAG_WRITE: "WRITE", FLAG_ZERO: "ZERO", FLAG_TRIM: "TRIM", FLAG_CLOSE: "CLOSE", FLAG_VOID: "VOID"}
 
 DEFAULT_CAPACITY = 64 << 20
 DEFAULT_CHUNK = 64 << 10

@@ -265,3 +265,15 @@ def test_write_admitted_before_freeze_is_still_published(ring: Path) -> None:
         p.close()
         with pytest.raises(RingClosedError):
             p.publish_write(0, b"late")
+
+
+def test_batches_report_first_and_last_sequence(ring: Path) -> None:
+    with RingProducer(ring) as p, RingConsumer(ring) as c:
+        for i in range(4):
+            p.write(i * 4096, b"s" * 4096)
+        b1 = c.read_batch(max_bytes=2 * 4152)
+        b2 = c.read_batch()
+        assert b1 is not None and b2 is not None
+        assert (b1.first_seq, b1.last_seq, b1.count) == (1, 2, 2)
+        assert (b2.first_seq, b2.last_seq, b2.count) == (3, 4, 2)
+        assert 0 < b2.first_time_ns <= b2.last_time_ns

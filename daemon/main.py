@@ -1,0 +1,85 @@
+"""``liftshift-daemon``: the source daemon's entry point."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from liftshift.iofilter.alloc import tune_malloc
+from liftshift.v1 import control_pb2, control_pb2_grpc
+
+from . import config, service
+from .control import ControlServicer
+from .errors import LiftshiftError
+from .settings import DaemonConfig
+from .state import StateStore
+from .vdisk import VdiskReplicator
+
+log = logging.getLogger("liftshift.daemon")
+
+
+async def serve(cfg: DaemonConfig, port_file: Path | None) -> None:
+    """Run the daemon until SIGTERM."""
+    store = StateStore(cfg.state_dir / "daemon.db")
+    replicators: dict[str, VdiskReplicator] = {}
+    server = service.make_server(cfg.max_message)
+
+    async def start():  # type: ignore[no-untyped-def]
+        for spec in cfg.replicate:
+            replicators[spec.vdisk_id] = VdiskReplicator(spec, cfg, store)
+        control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(replicators), server)
+        names = [control_pb2.DESCRIPTOR.services_by_name["Control"].full_name]
+        hs = service.add_health_and_reflection(server, names)
+        port = server.add_insecure_port(cfg.listen)
+        if port == 0:
+            raise LiftshiftError(f"cannot listen on {cfg.listen}")
+        await server.start()
+        for r in replicators.values():
+            r.start()
+        await service.mark_serving(hs, names)
+        if port_file is not None:
+            port_file.write_text(f"{port}\n")
+        log.info("liftshift-daemon listening on %s (port %d), replicating %d vdisk(s)", cfg.listen, port,
+                 len(replicators))
+
+        async def stop() -> None:
+            await server.stop(5)
+            for r in replicators.values():
+                await r.stop()
+            store.close()
+
+        return stop
+
+    await service.run(start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="liftshift-daemon", description="liftshift source daemon")
+    ap.add_argument("--config", type=Path, help="TOML configuration file")
+    ap.add_argument("--port-file", type=Path, help="write the bound control port here once listening")
+    ap.add_argument("--print-config-reference", action="store_true", help="print every key, default and help")
+    args = ap.parse_args(argv)
+    if args.print_config_reference:
+        print("| key | default | meaning |\n|---|---|---|")
+        for key, default, text in config.describe(DaemonConfig):
+            print(f"| `{key}` | `{default}` | {text} |")
+        return 0
+    try:
+        cfg = config.load(DaemonConfig, args.config, "LIFTSHIFT_DAEMON_")
+    except LiftshiftError as e:
+        print(f"liftshift-daemon: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_malloc()
+    try:
+        service.main_loop(lambda: serve(cfg, args.port_file))
+    except LiftshiftError as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

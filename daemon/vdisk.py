@@ -1,0 +1,387 @@
+"""Replicating one vdisk: the adapter around :class:`~liftshift.daemon.core.VdiskSync`.
+
+Design note
+-----------
+One task per vdisk keeps a session with the sink: OpenVdisk, then one
+Replicate stream.  The send loop schedules and the methods do the work:
+live batches from the ring go first (they hold the guest's RPO), completed
+source reads next, new reads are started up to ``read_ahead``; when there is
+nothing to do it sleeps on the ring's doorbell, a read completing, or an ack
+freeing credits.  A second task reads acks: it releases the ring only up to
+what the sink made durable and persists the copy state.
+
+Any failure of the session (sink down, link cut, a refused frame) ends it;
+the core puts everything in flight back, the consumer rewinds to the ring's
+release position, and the session is retried with backoff.  The sink skips
+records it already holds, so nothing is applied twice or lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import grpc
+import xxhash
+
+from liftshift.iofilter import RingConsumer
+from liftshift.iofilter.consumer import Batch
+from liftshift.iofilter.ring import FLAG_VOID, REC, WORD_PAD
+from liftshift.v1 import replication_pb2 as pb
+from liftshift.v1 import replication_pb2_grpc
+
+from . import hashing
+from .core import BACKGROUND, REPAIR, RESYNC, ReadPlan, VdiskSync
+from .errors import LiftshiftError, from_rpc_error
+from .service import grpc_options
+from .settings import DaemonConfig, ReplicateSpec
+from .state import StateStore
+
+log = logging.getLogger("liftshift.daemon.vdisk")
+
+_KIND = {BACKGROUND: pb.CHUNK_KIND_BACKGROUND, RESYNC: pb.CHUNK_KIND_RESYNC, REPAIR: pb.CHUNK_KIND_REPAIR}
+_EMPTY_XXH3 = xxhash.xxh3_64_intdigest(b"")
+_SAVE_INTERVAL_S = 0.05
+
+
+@dataclass
+class _Read:
+    plan: ReadPlan
+    task: asyncio.Task[tuple[bytes, bool, int]]
+
+
+@dataclass
+class Stats:
+    """Counters and recent samples for status and benchmarks."""
+
+    reconnects: int = 0
+    last_error: str = ""
+    connected: bool = False
+    closed: bool = False
+    lag_samples_ns: deque[int] = field(default_factory=lambda: deque(maxlen=100_000))
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """(offset, length) runs of data in a sparse file, via SEEK_DATA/SEEK_HOLE."""
+    out = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break  # ENXIO: no data after pos
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            out.append((start, end - start))
+            pos = end
+    except OSError:
+        return [(0, size)]  # no SEEK_DATA here: treat everything as data
+    return out
+
+
+def void_corrupt(batch: Batch) -> bytes:
+    """The batch's records with every corrupt record turned into a VOID one
+    (no payload, same sequence), so the sink keeps its sequence without
+    applying bad data; the ranges were already marked dirty by the consumer."""
+    bad = {c.seq for c in batch.corrupt}
+    data = bytearray(batch.data[: batch.end - batch.start])
+    o = 0
+    while o + 56 <= len(data):
+        word, seq, offset, length, _flags, _paylen, _digest, time_ns = REC.unpack_from(data, o)
+        size = word & 0xFFFFFFFF
+        if not word & WORD_PAD and seq in bad:
+            REC.pack_into(data, o, size, seq, offset, length, FLAG_VOID, 0, _EMPTY_XXH3, time_ns)
+            data[o + 56 : o + size] = bytes(size - 56)
+        o += size
+    return bytes(data)
+
+
+class VdiskReplicator:
+    """Ships one vdisk to its sink until stopped."""
+
+    def __init__(self, spec: ReplicateSpec, cfg: DaemonConfig, store: StateStore) -> None:
+        self.spec = spec
+        self.cfg = cfg
+        self.store = store
+        self.consumer = RingConsumer(spec.ring)
+        self.unit = self.consumer.geometry.chunk_size
+        self.size = self.consumer.geometry.disk_size
+        self.fd = os.open(spec.source, os.O_RDONLY)
+        src_size = os.fstat(self.fd).st_size
+        if src_size < self.size:
+            raise LiftshiftError(f"source {spec.source} is {src_size} bytes, the ring says the disk is {self.size}")
+        row = store.load(spec.vdisk_id)
+        bg_chunk = max(cfg.chunk_size, self.unit)
+        self.core = VdiskSync(self.size, bg_chunk=bg_chunk, unit=self.unit, max_inflight=cfg.max_inflight,
+                              to_copy=row.todo if row and row.size == self.size else None,
+                              dirty=row.dirty if row and row.size == self.size else None)
+        self.shadow_zeroed = bool(row and row.shadow_zeroed)
+        self.known = row is not None and row.size == self.size
+        if row:
+            # Chunks in flight when the last run stopped are sent again.
+            self.core.progress.resent_bytes = row.resent_bytes + row.inflight_bytes
+        self.stats = Stats()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._last_save = 0.0
+        self._close_seq: int | None = None
+        self._sink_durable_at_open = 0
+        self._close_sent = False
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: replication_pb2_grpc.ReplicationStub | None = None
+        self._zero = bytes(bg_chunk)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"replicate-{self.spec.vdisk_id}")
+
+    async def stop(self) -> None:
+        """Stop shipping; persist what is durable.  The migration stays resumable."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._save(force=True)
+        if self._channel is not None:
+            await self._channel.close()
+        self.consumer.close()
+        os.close(self.fd)
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            try:
+                await self._session()
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any broken session is retried: that is the point
+                err = from_rpc_error(exc) if isinstance(exc, grpc.RpcError) else exc
+                self.stats.last_error = f"{type(err).__name__}: {err}"
+                log.warning("%s: session ended: %s; retrying in %.1fs", self.spec.vdisk_id, self.stats.last_error,
+                            delay, exc_info=log.isEnabledFor(logging.DEBUG))
+            finally:
+                self.stats.connected = False
+                self._reset()
+            self.stats.reconnects += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.cfg.reconnect_max_s)
+
+    def _reset(self) -> None:
+        """Put everything in flight back; the ring is read again from release."""
+        self.core.stream_reset()
+        self.consumer.rewind()
+        self._close_sent = False
+        self._save(force=True)
+
+    # -- session --------------------------------------------------------------
+
+    async def _open(self) -> replication_pb2_grpc.ReplicationStub:
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self.spec.sink, options=grpc_options(self.cfg.max_message))
+            self._stub = replication_pb2_grpc.ReplicationStub(self._channel)
+        return self._stub
+
+    async def _session(self) -> None:
+        stub = await self._open()
+        opened = await stub.OpenVdisk(pb.OpenVdiskRequest(vdisk_id=self.spec.vdisk_id, size_bytes=self.size,
+                                                          migration_id=self.spec.migration_id), timeout=30)
+        if not self.known:
+            # First contact: a shadow created just now reads as zeros, so
+            # holes in the source need not be sent at all.
+            self.shadow_zeroed = opened.created
+            if opened.created:
+                self.core.drop_holes(data_extents(self.fd, self.size))
+            self.known = True
+            self._save(force=True)
+        self._sink_durable_at_open = opened.durable_seq
+        self.core.durable_seq = max(self.core.durable_seq, opened.durable_seq)
+        self.core.shipped_seq = self.core.durable_seq
+        if opened.closed and self.consumer.closed_seq is None:
+            self._close_seq = opened.durable_seq
+        call = stub.Replicate()
+        frame_no = 1
+        await call.write(pb.Frame(frame_no=1, hello=pb.Hello(vdisk_id=self.spec.vdisk_id)))
+        self.stats.connected = True
+        self.stats.last_error = ""
+        acks = asyncio.create_task(self._read_acks(call))
+        reads: deque[_Read] = deque()
+        try:
+            while not self._stopping:
+                if acks.done():
+                    acks.result()  # raises the stream's error
+                    raise LiftshiftError("sink closed the stream")
+                progressed = False
+                # 1. live records first
+                if self._close_seq is None or not self._close_sent:
+                    batch = self.consumer.read_batch(self.cfg.frame_bytes) if self._can_live() else None
+                    if batch is not None:
+                        frame_no += 1
+                        await call.write(self._live_frame(frame_no, batch))
+                        progressed = True
+                        if batch.close_seq is not None:
+                            self._close_seq = batch.close_seq
+                            self._harvest()  # overflows before CLOSE are resynced after it
+                # 2. completed reads, in plan order, once older records have shipped
+                while reads and reads[0].task.done() and self.core.ready(reads[0].plan):
+                    r = reads.popleft()
+                    data, zero, digest = r.task.result()
+                    if self.core.read_done(r.plan) is None:
+                        frame_no += 1
+                        self.core.chunk_sent(frame_no, r.plan)
+                        await call.write(pb.Frame(frame_no=frame_no, chunk=pb.Chunk(
+                            offset=r.plan.offset, length=r.plan.length, data=b"" if zero else data, zero=zero,
+                            xxh3=digest, kind=_KIND[r.plan.kind])))
+                    progressed = True
+                # 3. CLOSE barrier once the CLOSE record is out
+                if self._close_seq is not None and not self._close_sent and self.core.shipped_seq >= self._close_seq:
+                    frame_no += 1
+                    await call.write(pb.Frame(frame_no=frame_no, close=pb.CloseBarrier(final_seq=self._close_seq)))
+                    self._close_sent = True
+                    progressed = True
+                # 4. start reads
+                while len(reads) < self.cfg.read_ahead and self.core.can_send(self.core.bg_chunk * (len(reads) + 1)):
+                    plan = self.core.plan_read(self._ring_next_seq())
+                    if plan is None:
+                        break
+                    reads.append(_Read(plan, asyncio.create_task(asyncio.to_thread(self._read, plan))))
+                    progressed = True
+                if not progressed:
+                    await self._idle(reads)
+        finally:
+            for r in reads:
+                r.task.cancel()
+            acks.cancel()
+            call.cancel()
+
+    def _ring_next_seq(self) -> int:
+        return self.consumer.counters()["next_seq"]
+
+    def _can_live(self) -> bool:
+        return self.core.can_send(self.cfg.frame_bytes)
+
+    def _live_frame(self, frame_no: int, batch: Batch) -> pb.Frame:
+        used = batch.end - batch.start
+        data = void_corrupt(batch) if batch.corrupt else (
+            batch.data if len(batch.data) == used else batch.data[:used])
+        ranges = None
+        if self.core.tracking_ranges:
+            ranges = [(r.seq, r.offset, r.length) for r in batch.records()]
+        assert batch.first_seq is not None and batch.last_seq is not None
+        if batch.first_seq <= self._sink_durable_at_open:
+            self.core.progress.resent_bytes += used  # the sink held (some of) these already
+        self.core.live_shipped(frame_no, batch.first_seq, batch.last_seq, used, batch.end, batch.first_time_ns,
+                               batch.count, ranges)
+        return pb.Frame(frame_no=frame_no, live=pb.LiveRecords(records=data, first_seq=batch.first_seq,
+                                                               last_seq=batch.last_seq, count=batch.count))
+
+    async def _idle(self, reads: deque[_Read]) -> None:
+        """Sleep until the ring rings, a read completes, an ack arrives, or the
+        harvest interval passes."""
+        self._wake.clear()
+        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
+        if reads and not reads[0].task.done():
+            waits.append(reads[0].task)  # type: ignore[arg-type]
+        bell = None
+        if self._can_live() and self._close_seq is None:
+            bell = asyncio.ensure_future(self.consumer.wait_async(self.cfg.harvest_interval_ms / 1000))
+            waits.append(bell)
+        await asyncio.wait(waits, timeout=self.cfg.harvest_interval_ms / 1000, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits:
+            if w is not bell and not (reads and w is reads[0].task):
+                w.cancel()
+        if bell is not None and not bell.done():
+            bell.cancel()
+            try:
+                await bell
+            except asyncio.CancelledError:
+                pass
+        self._harvest()
+
+    def _harvest(self) -> None:
+        """Take the ring's overflow bitmap; persist it before acting on it."""
+        ranges = self.consumer.take_dirty()
+        if ranges:
+            self.core.mark_dirty(ranges)
+            self._save(force=True)
+
+    def _read(self, plan: ReadPlan) -> tuple[bytes, bool, int]:
+        """Read a range of the source (in a worker thread); holes are not read."""
+        end = plan.offset + plan.length
+        try:
+            hole = os.lseek(self.fd, plan.offset, os.SEEK_DATA) >= end
+        except OSError:
+            hole = True  # ENXIO: no data at or after offset
+        if hole:
+            return b"", True, _EMPTY_XXH3
+        data = os.pread(self.fd, plan.length, plan.offset)
+        if len(data) != plan.length:
+            raise LiftshiftError(f"short read of {self.spec.source} at {plan.offset}: {len(data)} of {plan.length}")
+        if data == self._zero[: plan.length]:
+            return b"", True, _EMPTY_XXH3
+        return data, False, xxhash.xxh3_64_intdigest(data)
+
+    async def _read_acks(self, call: grpc.aio.StreamStreamCall) -> None:
+        async for ack in call:
+            got = self.core.acked(ack.durable_frame, ack.durable_seq, time.monotonic_ns())
+            if got.release_pos is not None:
+                self.consumer.release(got.release_pos)
+            self.stats.lag_samples_ns.extend(got.lag_ns)
+            if ack.closed and self._close_seq is not None:
+                self.stats.closed = True
+            self._save()
+            self._wake.set()
+
+    def _save(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_save < _SAVE_INTERVAL_S:
+            return
+        self._last_save = now
+        todo, dirty = self.core.snapshot()
+        self.store.save(self.spec.vdisk_id, self.size, self.spec.sink, self.shadow_zeroed, todo, dirty,
+                        self.core.progress.resent_bytes, self.core.inflight_chunk_bytes())
+
+    # -- reporting ----------------------------------------------------------------
+
+    def state(self) -> str:
+        if self.stats.closed and self.core.copy_done():
+            return "closed"
+        if self.core.copy_done() and self.core.dirty_bytes == 0:
+            return "converged"
+        return "copying"
+
+    def lag_seconds(self) -> float:
+        """Age of the oldest record shipped but not yet durable (0 when none)."""
+        oldest = self.core.oldest_unacked_time_ns()
+        return 0.0 if oldest is None else max(0.0, (time.monotonic_ns() - oldest) / 1e9)
+
+    # -- verification ----------------------------------------------------------------
+
+    async def hashes_match(self, offset: int, length: int, chunk: int) -> list[tuple[int, int]]:
+        """Ranges of ``[offset, offset+length)`` whose XXH3-128 differs between source and shadow."""
+        stub = await self._open()
+        resp = await stub.HashRanges(pb.HashRangesRequest(vdisk_id=self.spec.vdisk_id, offset=offset,
+                                                          length=length, chunk_size=chunk), timeout=600)
+        local = await asyncio.to_thread(hashing.hash_ranges, self.fd, offset, length, chunk)
+        remote = {(h.offset, h.length): h.xxh3_128 for h in resp.hashes}
+        return [(off, n) for off, n, digest in local if remote.get((off, n)) != digest]
+
+    def repair(self, ranges: list[tuple[int, int]]) -> None:
+        """Send these ranges again (they failed verification)."""
+        self.core.mark_dirty(ranges)
+        self._save(force=True)
+        self._wake.set()
+
+    def drained(self) -> bool:
+        """Nothing left to read or ship, and everything shipped is durable."""
+        return self.core.copy_done() and not self.core.inflight_bytes and self.consumer.pending_bytes() == 0
