@@ -44,7 +44,7 @@ class DaemonConfig:
     state_dir: Path = doc(Path("/var/lib/liftshift"), help="Where the daemon keeps daemon.db (SQLite).")
     chunk_size: int = doc(1 << 20, size=True, help="Background copy chunk size (a multiple of the ring's dirty unit).")
     frame_bytes: int = doc(1 << 20, size=True, help="Target size of a live-records frame.")
-    max_inflight: int = doc(32 << 20, size=True,
+    max_inflight: int = doc(16 << 20, size=True,
                             help="Bytes sent to a sink and not yet durable, per vdisk (credits).")
     read_ahead: int = doc(4, help="Background chunk reads in flight per vdisk.")
     max_message: int = doc(16 << 20, size=True, help="Largest gRPC message sent or received.")
