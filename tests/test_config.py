@@ -1,0 +1,61 @@
+"""Configuration errors name the key and the file; environment overrides apply."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from liftshift.daemon import config
+from liftshift.daemon.errors import ConfigError
+from liftshift.daemon.settings import DaemonConfig
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "daemon.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_sizes(tmp_path: Path) -> None:
+    cfg = config.load(DaemonConfig, write(tmp_path, 'chunk_size = "2MiB"\nmax_inflight = "64 MiB"\n'),
+                      "LIFTSHIFT_DAEMON_", environ={})
+    assert cfg.chunk_size == 2 << 20 and cfg.max_inflight == 64 << 20 and cfg.read_ahead == 4
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("chunk_sise = 1\n", "unknown key 'chunk_sise'"),
+    ('read_ahead = "many"\n', "key 'read_ahead': expected an integer"),
+    ("chunk_size = 3000\n", "key 'chunk_size'"),
+    ("[[replicate]]\nvdisk_id = \"a\"\n", "required key 'replicate[0].ring' is missing"),
+    ('[[replicate]]\nvdisk_id = "../x"\nring = "r"\nsource = "s"\nsink = "h:1"\n', "not a valid vdisk id"),
+    ("listen = \n", "not valid TOML"),
+])
+def test_errors_name_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        config.load(DaemonConfig, path, "LIFTSHIFT_DAEMON_", environ={})
+    assert needle in str(info.value) and str(path) in str(info.value)
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, "read_ahead = 2\n")
+    cfg = config.load(DaemonConfig, path, "LIFTSHIFT_DAEMON_", environ={"LIFTSHIFT_DAEMON_READ_AHEAD": "7"})
+    assert cfg.read_ahead == 7
+    with pytest.raises(ConfigError, match="LIFTSHIFT_DAEMON_READ_AHEAD"):
+        config.load(DaemonConfig, path, "LIFTSHIFT_DAEMON_", environ={"LIFTSHIFT_DAEMON_READ_AHEAD": "x"})
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        config.load(DaemonConfig, tmp_path / "nope.toml", "LIFTSHIFT_DAEMON_", environ={})
+
+
+def test_daemon_refuses_bad_config_with_exit_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "frame_bytes = 1\n")
+    out = subprocess.run([sys.executable, "-m", "liftshift.daemon.main", "--config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "frame_bytes" in out.stderr and str(path) in out.stderr
