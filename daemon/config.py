@@ -168,7 +168,12 @@ def describe(cls: type) -> list[tuple[str, str, str]]:
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
             size_default = f.metadata.get("size") and isinstance(f.default, int)
-            default = format_size(f.default) if size_default else repr(f.default)
+            if size_default:
+                default = format_size(f.default)
+            elif isinstance(f.default, Path):
+                default = f'"{f.default}"'
+            else:
+                default = repr(f.default)
         elif f.default_factory is not dataclasses.MISSING:
             default = repr(f.default_factory())
         else:
