@@ -251,7 +251,7 @@ class VdiskReplicator:
                     progressed = True
                 # 4. start reads
                 while len(reads) < self.cfg.read_ahead and self.core.can_send(self.core.bg_chunk * (len(reads) + 1)):
-                    plan = self.core.plan_read(self._ring_next_seq())
+                    plan = self.core.plan_read(self.consumer.ring_next_seq())
                     if plan is None:
                         break
                     reads.append(_Read(plan, asyncio.create_task(asyncio.to_thread(self._read, plan))))
@@ -264,8 +264,6 @@ class VdiskReplicator:
             acks.cancel()
             call.cancel()
 
-    def _ring_next_seq(self) -> int:
-        return self.consumer.counters()["next_seq"]
 
     def _can_live(self) -> bool:
         return self.core.can_send(self.cfg.frame_bytes)

@@ -148,6 +148,11 @@ class RingConsumer:
         """The shared commit position (aligned 8-byte load)."""
         return _Q.unpack_from(self._mm, self._commit_off)[0]
 
+    def ring_next_seq(self) -> int:
+        """The producers' next sequence number: every record below it has been
+        reserved (its write already reached the vdisk)."""
+        return self._m.get("next_seq")
+
     def pending_bytes(self) -> int:
         """Committed bytes not yet read."""
         return self.commit_pos() - self.read_pos
