@@ -10,6 +10,7 @@ error on the client side.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -180,13 +181,26 @@ def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[...,
 def _wrap_stream(fn: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
     @functools.wraps(fn)
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        items = fn(request, context)
         try:
-            async for item in fn(request, context):
+            if inspect.isawaitable(items):
+                # A handler may also be a coroutine that streams with
+                # context.write() (grpc_health's Watch does): just run it.
+                await items
+                return
+            async for item in items:
                 yield item
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             await _abort(context, method, exc)
+        finally:
+            # When gRPC closes this wrapper, close the handler too, so its own
+            # finally blocks run now rather than whenever the garbage
+            # collector finalises it.
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     return wrapper
 

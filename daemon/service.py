@@ -61,7 +61,11 @@ def grpc_options(max_message: int) -> list[tuple[str, int]]:
 
 def make_server(max_message: int) -> grpc.aio.Server:
     """A grpc.aio server with the error interceptor and size limits."""
-    return grpc.aio.server(interceptors=[ErrorInterceptor()], options=grpc_options(max_message))
+    # gRPC turns SO_REUSEPORT on by default: a second daemon configured with
+    # the same port would then bind it too and silently take half of the
+    # connections.  Off, the second daemon fails to start instead.
+    return grpc.aio.server(interceptors=[ErrorInterceptor()],
+                           options=[*grpc_options(max_message), ("grpc.so_reuseport", 0)])
 
 
 def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:

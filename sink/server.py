@@ -1,0 +1,184 @@
+"""The sink's gRPC face: the Replication service and the server around it.
+
+Design note
+-----------
+A thin adapter.  Each RPC checks its request, delegates to the registry
+(:mod:`liftshift.sink.registry`), a stream session
+(:mod:`liftshift.sink.stream`) or the hashing helper, and converts the result
+to protobuf.  It never picks a status code: problems are raised as
+:mod:`liftshift.daemon.errors` classes and the server's ErrorInterceptor maps
+them, so every refusal has a typed error and a message naming the problem.
+
+Blocking file work (creating shadows, hashing) runs in worker threads so the
+event loop keeps serving every other stream.  :class:`SinkServer` assembles
+the grpc.aio server (explicit message limits, health, reflection) and owns
+the order of a graceful stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+
+import grpc
+
+from liftshift.daemon import service
+from liftshift.daemon.errors import InvalidArgument, OutOfRange, TooLarge, Unavailable
+from liftshift.daemon.hashing import hash_ranges
+from liftshift.v1 import replication_pb2 as pb
+from liftshift.v1 import replication_pb2_grpc
+
+from .config import SinkConfig
+from .registry import VdiskRegistry
+from .shadow import check_migration_id, check_size, check_vdisk_id
+from .state import SinkState
+from .stream import ReplicateSession
+
+log = logging.getLogger("liftshift.sink.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Replication"].full_name
+# Bytes one ChunkHash takes in a response at most (tags, varints, 16-byte digest).
+_HASH_ENTRY_BYTES = 48
+
+
+class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
+    """liftshift.v1.Replication on top of a :class:`VdiskRegistry`."""
+
+    def __init__(self, registry: VdiskRegistry, config: SinkConfig) -> None:
+        self.registry = registry
+        self.config = config
+
+    async def OpenVdisk(self, request: pb.OpenVdiskRequest, context: grpc.aio.ServicerContext) -> pb.OpenVdiskResponse:
+        """Create the shadow, or reopen it with the same size and migration."""
+        vdisk_id = check_vdisk_id(request.vdisk_id)
+        size = check_size(request.size_bytes)
+        migration_id = check_migration_id(request.migration_id)
+        shadow, created = await self.registry.open(vdisk_id, size, migration_id)
+        a = shadow.applier
+        return pb.OpenVdiskResponse(vdisk_id=vdisk_id, size_bytes=size, applied_seq=a.applied_seq,
+                                    durable_seq=a.durable_seq, created=created, closed=a.closed,
+                                    flat_path=str(shadow.row.flat_path),
+                                    descriptor_path=str(shadow.row.descriptor_path))
+
+    async def Replicate(self, request_iterator: AsyncIterator[pb.Frame],
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Ack]:
+        """Hello, then frames applied in order; acks as they become durable."""
+        frames = request_iterator.__aiter__()
+        try:
+            hello = await frames.__anext__()
+        except StopAsyncIteration:
+            raise InvalidArgument("the Replicate stream ended before its Hello") from None
+        kind = hello.WhichOneof("body")
+        if kind != "hello":
+            raise InvalidArgument(f"the first frame of a Replicate stream must be a Hello, got {kind or 'no body'}")
+        if hello.frame_no != 1:
+            raise InvalidArgument(f"the Hello is frame_no {hello.frame_no}; frames are numbered from 1")
+        shadow = await self.registry.get(hello.hello.vdisk_id)
+        session = ReplicateSession(shadow.applier, fsync_window_s=self.config.fsync_window_ms / 1000,
+                                   buffer_bytes=self.config.stream_buffer, peer=context.peer())
+        log.info("vdisk %s: stream from %s", shadow.row.vdisk_id, session.peer)
+        try:
+            await shadow.take_over(session, self.registry.reopen)
+            # aclosing: the session's cleanup runs now, not whenever the
+            # garbage collector finalises an abandoned generator.
+            async with contextlib.aclosing(session.run(frames)) as acks:
+                async for ack in acks:
+                    yield ack
+        except asyncio.CancelledError:
+            # gRPC ended the call itself (the request stream just stops, then
+            # the handler is cancelled): nothing reaches the error interceptor,
+            # so say here what the usual causes are.
+            log.warning("vdisk %s: stream from %s was cancelled: the peer went away, sent a message over "
+                        "max_message=%d bytes, or did not stop after a takeover or shutdown",
+                        shadow.row.vdisk_id, session.peer, self.config.max_message)
+            raise
+        finally:
+            session.finished.set()  # its cleanup is done (or it never ran): a waiting takeover may go on
+            shadow.release(session)
+            log.info("vdisk %s: stream from %s ended after %d frames, %d bytes; applied %d durable %d",
+                     shadow.row.vdisk_id, session.peer, session.frames, session.bytes,
+                     session.applier.applied_seq, session.applier.durable_seq)
+
+    async def HashRanges(self, request: pb.HashRangesRequest,
+                         context: grpc.aio.ServicerContext) -> pb.HashRangesResponse:
+        """XXH3-128 of each ``chunk_size`` piece of a range of the shadow."""
+        shadow = await self.registry.get(request.vdisk_id)
+        size = shadow.row.size_bytes
+        offset, length, chunk = request.offset, request.length, request.chunk_size
+        if chunk == 0:
+            raise InvalidArgument("HashRanges chunk_size must be positive")
+        if offset + length > size:
+            raise OutOfRange(f"HashRanges [{offset}, {offset + length}) runs past the end of the {size}-byte vdisk "
+                             f"{request.vdisk_id!r}")
+        pieces = -(-length // chunk)
+        limit = min(self.config.max_hash_chunks, self.config.max_message // _HASH_ENTRY_BYTES)
+        if pieces > limit:
+            raise TooLarge(f"HashRanges asks for {pieces} chunks; this sink answers at most {limit} per call",
+                           hint="split the range or use a larger chunk_size")
+        hashes = await asyncio.to_thread(_hash_file, shadow.row.flat_path, offset, length, chunk)
+        return pb.HashRangesResponse(hashes=[pb.ChunkHash(offset=o, length=n, xxh3_128=d) for o, n, d in hashes])
+
+    async def ListVdisks(self, request: pb.ListVdisksRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListVdisksResponse:
+        """Every shadow on record, with live positions for the open ones."""
+        infos = []
+        described = await asyncio.to_thread(self.registry.describe)
+        for row, applier, allocated in described:
+            applied = applier.applied_seq if applier else row.applied_seq
+            durable = applier.durable_seq if applier else row.durable_seq
+            closed = applier.closed if applier else row.closed
+            infos.append(pb.VdiskInfo(vdisk_id=row.vdisk_id, size_bytes=row.size_bytes, applied_seq=applied,
+                                      durable_seq=durable, closed=closed, migration_id=row.migration_id,
+                                      allocated_bytes=allocated))
+        return pb.ListVdisksResponse(vdisks=infos)
+
+
+def _hash_file(path: os.PathLike[str], offset: int, length: int, chunk: int) -> list[tuple[int, int, bytes]]:
+    # A descriptor of its own: the applier's may be replaced while we read.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return hash_ranges(fd, offset, length, chunk)
+    finally:
+        os.close(fd)
+
+
+class SinkServer:
+    """The running sink: state, registry, gRPC server; :meth:`stop` in the right order."""
+
+    def __init__(self, config: SinkConfig) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.state = SinkState(config.state_path)
+        self.registry = VdiskRegistry(self.state, config.data_dir)
+        self.server = service.make_server(config.max_message)
+        replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationServicer(self.registry, config), self.server)
+        self.health = service.add_health_and_reflection(self.server, [SERVICE_NAME])
+        self.port = 0
+
+    async def start(self) -> int:
+        """Listen, start serving, report SERVING; return the bound port."""
+        try:
+            self.port = self.server.add_insecure_port(self.config.listen)
+        except RuntimeError as e:  # grpc raises when it cannot bind
+            raise Unavailable(f"cannot listen on {self.config.listen}: {e}",
+                              hint="check the 'listen' key; is another process on that port?") from None
+        if self.port == 0:
+            raise Unavailable(f"cannot listen on {self.config.listen}")
+        await self.server.start()
+        await service.mark_serving(self.health, [SERVICE_NAME])
+        log.info("sink serving on %s (port %d), data in %s", self.config.listen, self.port, self.config.data_dir)
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop gracefully: NOT_SERVING, end streams (each acks what it applied),
+        stop the server with the grace period, then sync every shadow."""
+        grace = self.config.shutdown_grace_s
+        await self.health.enter_graceful_shutdown()
+        await self.registry.stop_streams(Unavailable("the sink is shutting down", hint="reconnect and resume "
+                                                     "from durable_seq"), grace)
+        await self.server.stop(grace)
+        await self.registry.close()
+        log.info("sink stopped")

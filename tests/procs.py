@@ -1,0 +1,162 @@
+"""Starting liftshift daemons as real processes in tests.
+
+Integration tests run the daemons the way an operator does: as processes
+with a configuration file.  :func:`start_process` starts one, waits until it
+has written its ``--port-file`` and answers gRPC health checks with SERVING,
+and registers a cleanup that stops it (SIGTERM, then SIGKILL after a
+timeout).  The process's stdout and stderr go to a log file whose tail is
+included in every failure message, so a daemon that dies at start-up says
+why.  Signals are sent to the one process started here, by pid.
+
+Typical use::
+
+    def test_x(tmp_path, request):
+        cfg = tmp_path / "sink.toml"
+        cfg.write_text(f'data_dir = "{tmp_path}/data"\\nlisten = "127.0.0.1:0"\\n')
+        port_file = tmp_path / "port"
+        sink = start_process(python_module("liftshift.sink.main", "--config", cfg, "--port-file", port_file),
+                             port_file, cleanup=request.addfinalizer)
+        ... connect to f"127.0.0.1:{sink.port}" ...
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+
+
+def python_module(module: str, *args: object) -> list[str]:
+    """The command line running ``python -m module args...`` with this interpreter."""
+    return [sys.executable, "-m", module, *(str(a) for a in args)]
+
+
+class DaemonProcess:
+    """A started daemon: ``proc`` (the Popen), ``port`` (from its port file),
+    ``log_path`` (its stdout+stderr)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path, host: str) -> None:
+        self.proc = proc
+        self.port = port
+        self.log_path = log_path
+        self.host = host
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to dial."""
+        return f"{self.host}:{self.port}"
+
+    def log(self) -> str:
+        """Everything the process wrote so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL; return the exit status
+        (a no-op returning the status when it has already exited)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL (a crash, as far as the daemon can tell) and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no output)"
+    return "\n".join(text.splitlines()[-lines:]) or "(no output)"
+
+
+def wait_serving(address: str, *, service: str = "", timeout: float = START_TIMEOUT_S,
+                 alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll gRPC health at ``address`` until ``service`` is SERVING."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline and alive():
+            try:
+                resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+            except grpc.RpcError as e:
+                last = e.code()
+            time.sleep(0.05)
+    raise TimeoutError(f"{address} is not SERVING after {timeout:.0f} s (last answer: {last})")
+
+
+def start_process(args: Sequence[str | os.PathLike[str]], port_file: str | os.PathLike[str], *,
+                  env: dict[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+                  cleanup: Callable[[Callable[[], None]], object] | None = None, host: str = "127.0.0.1",
+                  health_service: str = "", log_path: str | os.PathLike[str] | None = None,
+                  timeout: float = START_TIMEOUT_S) -> DaemonProcess:
+    """Start ``args`` as a process and wait until it serves.
+
+    ``env`` is added to this process's environment; ``cleanup`` (for example
+    pytest's ``request.addfinalizer``) receives the stop function.  Raises
+    RuntimeError with the log's tail when the process exits or never serves.
+    """
+    port_path = Path(port_file)
+    port_path.unlink(missing_ok=True)  # a stale file would look like a started daemon
+    logp = Path(log_path) if log_path is not None else port_path.with_name(port_path.name + ".log")
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with open(logp, "ab") as out:
+        proc = subprocess.Popen([os.fspath(a) for a in args], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=full_env, cwd=cwd)
+
+    def fail(why: str) -> RuntimeError:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        return RuntimeError(f"{args[0]} ... {why}; exit status {proc.returncode}; output:\n{_tail(logp)}")
+
+    handle = DaemonProcess(proc, 0, logp, host)  # the port is filled in below
+    if cleanup is not None:
+        cleanup(handle.stop)
+    deadline = time.monotonic() + timeout
+    port = None
+    while port is None:
+        if proc.poll() is not None:
+            raise fail("exited before writing its port file")
+        if time.monotonic() > deadline:
+            raise fail(f"wrote no port file {port_path} within {timeout:.0f} s")
+        try:
+            text = port_path.read_text().strip()
+            port = int(text) if text else None
+        except (FileNotFoundError, ValueError):
+            port = None
+        if port is None:
+            time.sleep(0.02)
+    try:
+        wait_serving(f"{host}:{port}", service=health_service, timeout=max(1.0, deadline - time.monotonic()),
+                     alive=lambda: proc.poll() is None)
+    except TimeoutError as e:
+        raise fail(str(e)) from None
+    if proc.poll() is not None:
+        raise fail("exited while starting")
+    handle.port = port
+    return handle
