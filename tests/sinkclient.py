@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
 
 import grpc
-import xxhash
+from tooling import file_digest  # noqa: F401 - re-exported for the sink tests
 
 from liftshift.v1 import replication_pb2 as pb
 from liftshift.v1 import replication_pb2_grpc
@@ -37,15 +36,6 @@ def hello(vdisk_id: str) -> FrameMaker:
 
 def close(final_seq: int) -> FrameMaker:
     return lambda n: pb.Frame(frame_no=n, close=pb.CloseBarrier(final_seq=final_seq))
-
-
-def file_digest(path: Path) -> bytes:
-    """XXH3-128 of a whole file."""
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while block := f.read(4 << 20):
-            h.update(block)
-    return h.digest()
 
 
 class Conversation:

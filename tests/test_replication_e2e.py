@@ -18,9 +18,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from e2e import MiB, Pair, xxh128_file
+from e2e import MiB, Pair
 from tcpproxy import TcpProxy
-from tooling import require_tool
+from tooling import file_digest, require_tool
 
 from liftshift.iofilter import RingProducer
 from liftshift.iofilter.workload import Workload, WorkloadSpec
@@ -30,7 +30,7 @@ from liftshift.v1 import control_pb2 as cpb
 def assert_identical(pair: Pair) -> cpb.VerifyVdiskResponse:
     got = pair.verify()
     assert got.identical and got.chunks_mismatched == 0, got
-    assert xxh128_file(pair.source) == xxh128_file(pair.shadow)
+    assert file_digest(pair.source) == file_digest(pair.shadow)
     qemu_img = require_tool("qemu-img")
     out = subprocess.run([qemu_img, "compare", "-f", "raw", "-F", "raw", str(pair.source), str(pair.shadow)],
                          capture_output=True, text=True)

@@ -15,21 +15,12 @@ import os
 import subprocess
 from pathlib import Path
 
-import xxhash
 from cbuild import stress_binary
+from tooling import file_digest
 
 from liftshift.iofilter import FLAG_CLOSE, FLAG_TRIM, FLAG_WRITE, FLAG_ZERO, RingConsumer, create_ring
 
 DISK = 64 << 20
-
-
-def xxh128_file(path: Path) -> str:
-    """XXH3-128 of a whole file."""
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def replay_while_producing(ring: Path, image: Path, proc: subprocess.Popen) -> tuple[list[int], int]:
@@ -86,4 +77,4 @@ def test_c_producer_python_consumer_agree(shm_dir: Path) -> None:
     with RingConsumer(ring) as c:
         counters = c.counters()
     assert counters["reserve"] // counters["release"] == 1 and counters["release"] > 100 * (1 << 20)  # wrapped
-    assert xxh128_file(shadow) == xxh128_file(reference)
+    assert file_digest(shadow) == file_digest(reference)

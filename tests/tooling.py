@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import xxhash
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,3 +36,12 @@ def require_tool(name: str) -> str:
         missing(f"{name} is not installed")
     assert path is not None
     return path
+
+
+def file_digest(path: Path) -> bytes:
+    """XXH3-128 of a whole file."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while block := f.read(4 << 20):
+            h.update(block)
+    return h.digest()
