@@ -27,6 +27,7 @@ VERIFY_BATCH = 4096  # chunks hashed per HashRanges call
 def describe(r: VdiskReplicator) -> cpb.VdiskReplication:
     """The status message of one vdisk."""
     p = r.core.progress
+    lags = r.stats.lag_samples_ns
     return cpb.VdiskReplication(
         vdisk_id=r.spec.vdisk_id, sink=r.spec.sink, state=_STATES[r.state()], connected=r.stats.connected,
         size_bytes=r.size, background_total_bytes=p.background_total, background_done_bytes=p.background_done,
@@ -34,7 +35,8 @@ def describe(r: VdiskReplicator) -> cpb.VdiskReplication:
         lag_seconds=r.lag_seconds(), shipped_seq=r.core.shipped_seq, durable_seq=r.core.durable_seq,
         resent_bytes=p.resent_bytes, discarded_chunks=p.discarded_chunks, reconnects=r.stats.reconnects,
         ring_overflows=r.consumer.counters()["overflows"], last_error=r.stats.last_error,
-        chunk_bytes_sent=p.chunk_bytes_sent)
+        chunk_bytes_sent=p.chunk_bytes_sent, lag_p50_seconds=lags.quantile(0.5), lag_p99_seconds=lags.quantile(0.99),
+        lag_samples=len(lags))
 
 
 async def verify(r: VdiskReplicator, max_rounds: int = 3) -> cpb.VerifyVdiskResponse:

@@ -12,6 +12,11 @@
  * records zero their range in the image (TRIM punches a hole, which reads
  * back as zeros, or writes zeros where punching is not supported).
  *
+ * --rate R paces the calls at R per second in total (R / threads per thread) on
+ * an absolute schedule: a thread that falls behind (a full ring made it wait)
+ * issues its overdue calls at once rather than dropping them, as a guest's
+ * queued I/O would.
+ *
  * At the end the ring is closed and one JSON line goes to stdout:
  *   {"records": calls published, "overflows": calls that overflowed,
  *    "final_seq": CLOSE sequence, "seconds": s, "records_per_s": r,
@@ -48,6 +53,7 @@ struct options {
     uint64_t fixed_size;  /* 0: random sizes in [min_size, max_size] */
     uint64_t seed;
     unsigned zero_pct;    /* percent of calls that are ZERO or TRIM */
+    uint64_t rate;        /* calls per second in total; 0: as fast as possible */
     bool report_json;
 };
 
@@ -60,6 +66,7 @@ struct worker {
     uint64_t part_len;
     uint64_t calls;
     uint64_t seed;
+    uint64_t start_ns;    /* --rate: when the schedule starts (CLOCK_MONOTONIC) */
     /* results */
     uint64_t published;
     uint64_t overflows;
@@ -159,6 +166,34 @@ static int image_trim(int fd, const uint8_t *zeros, uint64_t len, uint64_t offse
     return pwrite_full(fd, zeros, len, offset);
 }
 
+/* ------------------------------------------------------------- pacing */
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static uint64_t nanos_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* Sleep until CLOCK_MONOTONIC reaches `deadline` ns (absolute, so EINTR
+ * cannot stretch it). */
+static void pace_until(uint64_t deadline)
+{
+    struct timespec ts = {
+        .tv_sec = (time_t)(deadline / 1000000000ULL),
+        .tv_nsec = (long)(deadline % 1000000000ULL),
+    };
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+    }
+}
+
 /* ------------------------------------------------------------- worker */
 
 static void *run_worker(void *arg)
@@ -177,8 +212,15 @@ static void *run_worker(void *arg)
     }
     struct rng g;
     rng_seed(&g, w->seed);
+    /* --rate: call i of this thread is due at start + i * period. */
+    double period_ns = o->rate ? 1e9 * (double)o->threads / (double)o->rate : 0.0;
 
     for (uint64_t i = 0; i < w->calls; i++) {
+        if (period_ns > 0.0) {
+            uint64_t due = w->start_ns + (uint64_t)((double)i * period_ns);
+            if (nanos_now() < due)
+                pace_until(due);
+        }
         uint64_t size;
         if (o->fixed_size) {
             size = max;
@@ -246,7 +288,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: ring_stress --ring PATH --image PATH|- --threads N --records N\n"
             "                   [--min-size B] [--max-size B] [--fixed-size B] [--seed S]\n"
-            "                   [--zero-pct P] [--report-json]\n"
+            "                   [--zero-pct P] [--rate OPS] [--report-json]\n"
             "\n"
             "Random writes from N threads, each in its own partition of the disk: each\n"
             "call is admitted, written to the reference image (at least as large as\n"
@@ -255,7 +297,9 @@ static void usage(FILE *f)
             "the ring is measured.  --records is the total number of calls.  Sizes are\n"
             "multiples of 512 in [min, max] (default 512..65536; k/m/g suffixes work);\n"
             "--fixed-size makes every write B bytes.  --zero-pct makes P%% of the calls\n"
-            "ZERO or TRIM.  One JSON line with the results goes to stdout; without\n"
+            "ZERO or TRIM.  --rate paces the calls at OPS per second in total (OPS /\n"
+            "N per thread, on an absolute schedule: late calls are issued at once).\n"
+            "One JSON line with the results goes to stdout; without\n"
             "--report-json a human summary also goes to stderr.\n");
 }
 
@@ -278,16 +322,9 @@ static bool parse_u64(const char *s, uint64_t *out)
     return true;
 }
 
-static double seconds_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static int parse_options(int argc, char **argv, struct options *o)
 {
-    enum { O_RING = 256, O_IMAGE, O_THREADS, O_RECORDS, O_MIN, O_MAX, O_FIXED, O_SEED, O_ZERO, O_JSON };
+    enum { O_RING = 256, O_IMAGE, O_THREADS, O_RECORDS, O_MIN, O_MAX, O_FIXED, O_SEED, O_ZERO, O_RATE, O_JSON };
     static const struct option longopts[] = {
         {"ring", required_argument, NULL, O_RING},
         {"image", required_argument, NULL, O_IMAGE},
@@ -298,6 +335,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         {"fixed-size", required_argument, NULL, O_FIXED},
         {"seed", required_argument, NULL, O_SEED},
         {"zero-pct", required_argument, NULL, O_ZERO},
+        {"rate", required_argument, NULL, O_RATE},
         {"report-json", no_argument, NULL, O_JSON},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -341,6 +379,13 @@ static int parse_options(int argc, char **argv, struct options *o)
         case O_MAX: o->max_size = v; break;
         case O_FIXED: o->fixed_size = v; break;
         case O_SEED: o->seed = v; break;
+        case O_RATE:
+            if (v == 0) {
+                fprintf(stderr, "ring_stress: --rate must be at least 1 call per second\n");
+                return -1;
+            }
+            o->rate = v;
+            break;
         case O_ZERO:
             if (v > 100) {
                 fprintf(stderr, "ring_stress: --zero-pct must be in [0, 100]\n");
@@ -413,6 +458,7 @@ int main(int argc, char **argv)
     }
     uint64_t seed = o.seed;
     double t0 = seconds_now();
+    uint64_t schedule_start = nanos_now();
     unsigned started = 0;
     for (unsigned i = 0; i < o.threads; i++) {
         struct worker *w = &workers[i];
@@ -423,6 +469,7 @@ int main(int argc, char **argv)
         w->part_len = part_len;
         w->calls = o.records / o.threads + (i < o.records % o.threads);
         w->seed = splitmix64(&seed);
+        w->start_ns = schedule_start;
         rc = pthread_create(&w->thread, NULL, run_worker, w);
         if (rc != 0) {
             fprintf(stderr, "ring_stress: starting thread %u: %s\n", i, strerror(rc));
@@ -456,9 +503,10 @@ int main(int argc, char **argv)
     double seconds = seconds_now() - t0;
     printf("{\"records\": %" PRIu64 ", \"overflows\": %" PRIu64 ", \"final_seq\": %" PRIu64
            ", \"seconds\": %.6f, \"records_per_s\": %.1f, \"bytes\": %" PRIu64
-           ", \"zeroes\": %" PRIu64 ", \"trims\": %" PRIu64 ", \"threads\": %u, \"ok\": %s}\n",
+           ", \"zeroes\": %" PRIu64 ", \"trims\": %" PRIu64 ", \"threads\": %u, \"rate\": %" PRIu64
+           ", \"ok\": %s}\n",
            published, overflows, final_seq, seconds, seconds > 0 ? (double)published / seconds : 0.0,
-           bytes, zeroes, trims, o.threads, failed ? "false" : "true");
+           bytes, zeroes, trims, o.threads, o.rate, failed ? "false" : "true");
     fflush(stdout);
     if (!o.report_json)
         fprintf(stderr, "ring_stress: %" PRIu64 " calls (%" PRIu64 " overflowed) from %u threads in %.3f s"

@@ -905,6 +905,20 @@ def test_stress_without_image(make_ring, tmp_path: Path) -> None:
     assert list(work.iterdir()) == []  # "-" is not a file name
 
 
+def test_stress_rate_paces_the_calls(make_ring, tmp_path: Path) -> None:
+    """--rate R spreads the calls over records / R seconds, shared by the threads."""
+    disk = 8 << 20
+    path, v, _ = make_ring(disk_size=disk, capacity=1 << 20, overflow_wait_ns=5_000_000_000)
+    proc, stats = _run_with_consumer(
+        [str(cbuild.stress_binary()), "--ring", str(path), "--image", "-", "--threads", "2",
+         "--records", "1000", "--fixed-size", "4096", "--rate", "4000", "--report-json"],
+        path, v, bytearray(disk))
+    out = json.loads(proc.stdout)
+    assert out["ok"] is True and out["rate"] == 4000 and out["records"] == 1000
+    assert stats["records"] == 1001  # every call, plus CLOSE
+    assert 0.24 <= out["seconds"] < 2.0  # 1000 calls at 4000/s take 0.25 s (never less)
+
+
 _PRODUCER_PROCESS = r"""
 import ctypes, os, sys, time
 lib = ctypes.CDLL(sys.argv[1])

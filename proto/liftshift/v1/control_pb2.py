@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aliftshift/v1/control.proto\x12\x0cliftshift.v1\"\x19\n\x17ListReplicationsRequest\"\xcf\x03\n\x10VdiskReplication\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x0c\n\x04sink\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.liftshift.v1.ReplicationState\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16\x62\x61\x63kground_total_bytes\x18\x06 \x01(\x04\x12\x1d\n\x15\x62\x61\x63kground_done_bytes\x18\x07 \x01(\x04\x12\x12\n\nlive_bytes\x18\x08 \x01(\x04\x12\x14\n\x0clive_records\x18\t \x01(\x04\x12\x13\n\x0b\x64irty_bytes\x18\n \x01(\x04\x12\x13\n\x0blag_seconds\x18\x0b \x01(\x01\x12\x13\n\x0bshipped_seq\x18\x0c \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\r \x01(\x04\x12\x14\n\x0cresent_bytes\x18\x0e \x01(\x04\x12\x18\n\x10\x64iscarded_chunks\x18\x0f \x01(\x04\x12\x12\n\nreconnects\x18\x10 \x01(\x04\x12\x16\n\x0ering_overflows\x18\x11 \x01(\x04\x12\x12\n\nlast_error\x18\x12 \x01(\t\x12\x18\n\x10\x63hunk_bytes_sent\x18\x13 \x01(\x04\"J\n\x18ListReplicationsResponse\x12.\n\x06vdisks\x18\x01 \x03(\x0b\x32\x1e.liftshift.v1.VdiskReplication\":\n\x12VerifyVdiskRequest\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x12\n\nmax_rounds\x18\x02 \x01(\r\"\xa8\x01\n\x13VerifyVdiskResponse\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x11\n\tidentical\x18\x02 \x01(\x08\x12\x17\n\x0f\x63hunks_compared\x18\x03 \x01(\x04\x12\x19\n\x11\x63hunks_mismatched\x18\x04 \x01(\x04\x12\x17\n\x0f\x63hunks_repaired\x18\x05 \x01(\x04\x12\x0e\n\x06rounds\x18\x06 \x01(\r\x12\x0f\n\x07seconds\x18\x07 \x01(\x01*\x93\x01\n\x10ReplicationState\x12!\n\x1dREPLICATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19REPLICATION_STATE_COPYING\x10\x01\x12\x1f\n\x1bREPLICATION_STATE_CONVERGED\x10\x02\x12\x1c\n\x18REPLICATION_STATE_CLOSED\x10\x03\x32\xc0\x01\n\x07\x43ontrol\x12\x61\n\x10ListReplications\x12%.liftshift.v1.ListReplicationsRequest\x1a&.liftshift.v1.ListReplicationsResponse\x12R\n\x0bVerifyVdisk\x12 .liftshift.v1.VerifyVdiskRequest\x1a!.liftshift.v1.VerifyVdiskResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aliftshift/v1/control.proto\x12\x0cliftshift.v1\"\x19\n\x17ListReplicationsRequest\"\x96\x04\n\x10VdiskReplication\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x0c\n\x04sink\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.liftshift.v1.ReplicationState\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16\x62\x61\x63kground_total_bytes\x18\x06 \x01(\x04\x12\x1d\n\x15\x62\x61\x63kground_done_bytes\x18\x07 \x01(\x04\x12\x12\n\nlive_bytes\x18\x08 \x01(\x04\x12\x14\n\x0clive_records\x18\t \x01(\x04\x12\x13\n\x0b\x64irty_bytes\x18\n \x01(\x04\x12\x13\n\x0blag_seconds\x18\x0b \x01(\x01\x12\x13\n\x0bshipped_seq\x18\x0c \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\r \x01(\x04\x12\x14\n\x0cresent_bytes\x18\x0e \x01(\x04\x12\x18\n\x10\x64iscarded_chunks\x18\x0f \x01(\x04\x12\x12\n\nreconnects\x18\x10 \x01(\x04\x12\x16\n\x0ering_overflows\x18\x11 \x01(\x04\x12\x12\n\nlast_error\x18\x12 \x01(\t\x12\x18\n\x10\x63hunk_bytes_sent\x18\x13 \x01(\x04\x12\x17\n\x0flag_p50_seconds\x18\x14 \x01(\x01\x12\x17\n\x0flag_p99_seconds\x18\x15 \x01(\x01\x12\x13\n\x0blag_samples\x18\x16 \x01(\x04\"J\n\x18ListReplicationsResponse\x12.\n\x06vdisks\x18\x01 \x03(\x0b\x32\x1e.liftshift.v1.VdiskReplication\":\n\x12VerifyVdiskRequest\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x12\n\nmax_rounds\x18\x02 \x01(\r\"\xa8\x01\n\x13VerifyVdiskResponse\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x11\n\tidentical\x18\x02 \x01(\x08\x12\x17\n\x0f\x63hunks_compared\x18\x03 \x01(\x04\x12\x19\n\x11\x63hunks_mismatched\x18\x04 \x01(\x04\x12\x17\n\x0f\x63hunks_repaired\x18\x05 \x01(\x04\x12\x0e\n\x06rounds\x18\x06 \x01(\r\x12\x0f\n\x07seconds\x18\x07 \x01(\x01*\x93\x01\n\x10ReplicationState\x12!\n\x1dREPLICATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19REPLICATION_STATE_COPYING\x10\x01\x12\x1f\n\x1bREPLICATION_STATE_CONVERGED\x10\x02\x12\x1c\n\x18REPLICATION_STATE_CLOSED\x10\x03\x32\xc0\x01\n\x07\x43ontrol\x12\x61\n\x10ListReplications\x12%.liftshift.v1.ListReplicationsRequest\x1a&.liftshift.v1.ListReplicationsResponse\x12R\n\x0bVerifyVdisk\x12 .liftshift.v1.VerifyVdiskRequest\x1a!.liftshift.v1.VerifyVdiskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'liftshift.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICATIONSTATE']._serialized_start=845
-  _globals['_REPLICATIONSTATE']._serialized_end=992
+  _globals['_REPLICATIONSTATE']._serialized_start=916
+  _globals['_REPLICATIONSTATE']._serialized_end=1063
   _globals['_LISTREPLICATIONSREQUEST']._serialized_start=44
   _globals['_LISTREPLICATIONSREQUEST']._serialized_end=69
   _globals['_VDISKREPLICATION']._serialized_start=72
-  _globals['_VDISKREPLICATION']._serialized_end=535
-  _globals['_LISTREPLICATIONSRESPONSE']._serialized_start=537
-  _globals['_LISTREPLICATIONSRESPONSE']._serialized_end=611
-  _globals['_VERIFYVDISKREQUEST']._serialized_start=613
-  _globals['_VERIFYVDISKREQUEST']._serialized_end=671
-  _globals['_VERIFYVDISKRESPONSE']._serialized_start=674
-  _globals['_VERIFYVDISKRESPONSE']._serialized_end=842
-  _globals['_CONTROL']._serialized_start=995
-  _globals['_CONTROL']._serialized_end=1187
+  _globals['_VDISKREPLICATION']._serialized_end=606
+  _globals['_LISTREPLICATIONSRESPONSE']._serialized_start=608
+  _globals['_LISTREPLICATIONSRESPONSE']._serialized_end=682
+  _globals['_VERIFYVDISKREQUEST']._serialized_start=684
+  _globals['_VERIFYVDISKREQUEST']._serialized_end=742
+  _globals['_VERIFYVDISKRESPONSE']._serialized_start=745
+  _globals['_VERIFYVDISKRESPONSE']._serialized_end=913
+  _globals['_CONTROL']._serialized_start=1066
+  _globals['_CONTROL']._serialized_end=1258
 # @@protoc_insertion_point(module_scope)

@@ -23,7 +23,7 @@ class ListReplicationsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VdiskReplication(_message.Message):
-    __slots__ = ("vdisk_id", "sink", "state", "connected", "size_bytes", "background_total_bytes", "background_done_bytes", "live_bytes", "live_records", "dirty_bytes", "lag_seconds", "shipped_seq", "durable_seq", "resent_bytes", "discarded_chunks", "reconnects", "ring_overflows", "last_error", "chunk_bytes_sent")
+    __slots__ = ("vdisk_id", "sink", "state", "connected", "size_bytes", "background_total_bytes", "background_done_bytes", "live_bytes", "live_records", "dirty_bytes", "lag_seconds", "shipped_seq", "durable_seq", "resent_bytes", "discarded_chunks", "reconnects", "ring_overflows", "last_error", "chunk_bytes_sent", "lag_p50_seconds", "lag_p99_seconds", "lag_samples")
     VDISK_ID_FIELD_NUMBER: _ClassVar[int]
     SINK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,9 @@ class VdiskReplication(_message.Message):
     RING_OVERFLOWS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    LAG_P50_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LAG_P99_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LAG_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     vdisk_id: str
     sink: str
     state: ReplicationState
@@ -62,7 +65,10 @@ class VdiskReplication(_message.Message):
     ring_overflows: int
     last_error: str
     chunk_bytes_sent: int
-    def __init__(self, vdisk_id: _Optional[str] = ..., sink: _Optional[str] = ..., state: _Optional[_Union[ReplicationState, str]] = ..., connected: _Optional[bool] = ..., size_bytes: _Optional[int] = ..., background_total_bytes: _Optional[int] = ..., background_done_bytes: _Optional[int] = ..., live_bytes: _Optional[int] = ..., live_records: _Optional[int] = ..., dirty_bytes: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., shipped_seq: _Optional[int] = ..., durable_seq: _Optional[int] = ..., resent_bytes: _Optional[int] = ..., discarded_chunks: _Optional[int] = ..., reconnects: _Optional[int] = ..., ring_overflows: _Optional[int] = ..., last_error: _Optional[str] = ..., chunk_bytes_sent: _Optional[int] = ...) -> None: ...
+    lag_p50_seconds: float
+    lag_p99_seconds: float
+    lag_samples: int
+    def __init__(self, vdisk_id: _Optional[str] = ..., sink: _Optional[str] = ..., state: _Optional[_Union[ReplicationState, str]] = ..., connected: _Optional[bool] = ..., size_bytes: _Optional[int] = ..., background_total_bytes: _Optional[int] = ..., background_done_bytes: _Optional[int] = ..., live_bytes: _Optional[int] = ..., live_records: _Optional[int] = ..., dirty_bytes: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., shipped_seq: _Optional[int] = ..., durable_seq: _Optional[int] = ..., resent_bytes: _Optional[int] = ..., discarded_chunks: _Optional[int] = ..., reconnects: _Optional[int] = ..., ring_overflows: _Optional[int] = ..., last_error: _Optional[str] = ..., chunk_bytes_sent: _Optional[int] = ..., lag_p50_seconds: _Optional[float] = ..., lag_p99_seconds: _Optional[float] = ..., lag_samples: _Optional[int] = ...) -> None: ...
 
 class ListReplicationsResponse(_message.Message):
     __slots__ = ("vdisks",)
