@@ -169,6 +169,8 @@ class VdiskReplicator:
         if row:
             # Chunks in flight when the last run stopped are sent again.
             self.core.progress.resent_bytes = row.resent_bytes + row.inflight_bytes
+        # A previous run may have died between harvesting and clearing.
+        self.consumer.recover_dirty(self._persist_dirty_early)
         self.stats = Stats()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -364,10 +366,18 @@ class VdiskReplicator:
 
     def _harvest(self) -> None:
         """Take the ring's overflow bitmap; persist it before acting on it."""
-        ranges = self.consumer.take_dirty()
-        if ranges:
-            self.core.mark_dirty(ranges)
-            self._save(force=True)
+        self.consumer.take_dirty(self._persist_dirty)
+
+    def _persist_dirty_early(self, ranges: list[tuple[int, int]]) -> None:
+        self.core.mark_dirty(ranges)
+        todo, dirty = self.core.snapshot()
+        self.store.save(self.spec.vdisk_id, self.size, self.spec.sink, self.shadow_zeroed, todo, dirty,
+                        self.core.progress.resent_bytes, 0)
+
+    def _persist_dirty(self, ranges: list[tuple[int, int]]) -> None:
+        """Record harvested ranges durably before the ring's bits are cleared."""
+        self.core.mark_dirty(ranges)
+        self._save(force=True)
 
     def _read(self, plan: ReadPlan) -> tuple[bytes, bool, int]:
         """Read a range of the source (in a worker thread); holes are not read."""

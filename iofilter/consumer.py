@@ -21,7 +21,7 @@ import asyncio
 import os
 import select
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import xxhash
@@ -322,22 +322,35 @@ class RingConsumer:
 
     # -- dirty ranges -----------------------------------------------------
 
-    def take_dirty(self) -> list[tuple[int, int]]:
+    def take_dirty(self, persist: Callable[[list[tuple[int, int]]], None] | None = None) -> list[tuple[int, int]]:
         """Harvest overflow bitmap and corrupt-record ranges as merged
-        ``(offset, length)`` chunk-aligned ranges clipped to the disk."""
+        ``(offset, length)`` chunk-aligned ranges clipped to the disk.
+
+        The epoch swap stops producers writing the harvested bitmap; its
+        bits are cleared only after ``persist(ranges)`` has returned, so a
+        consumer that dies in between leaves them for :meth:`recover_dirty`.
+        """
         m = self._m
-        g = self.geometry
         epoch = m.get("dirty_epoch")
         m.set("dirty_epoch", epoch + 1)
         m.fence()  # producers must see the new epoch before we read the old bitmap
-        which = epoch & 1
-        start = m.bitmap_word_offset(which, 0)
+        return self._harvest(epoch & 1, persist)
+
+    def recover_dirty(self, persist: Callable[[list[tuple[int, int]]], None] | None = None) -> list[tuple[int, int]]:
+        """Harvest what a consumer that died mid-harvest left in the inactive
+        bitmap (producers only write the active one).  Call once after opening."""
+        return self._harvest((self._m.get("dirty_epoch") + 1) & 1, persist)
+
+    def _harvest(self, which: int, persist: Callable[[list[tuple[int, int]]], None] | None) -> list[tuple[int, int]]:
+        g = self.geometry
+        start = self._m.bitmap_word_offset(which, 0)
         words = g.bitmap_bytes // 8
         raw = self._mm[start : start + g.bitmap_bytes]
         chunks: set[int] = set()
+        nonzero = []
         for w, value in enumerate(struct.unpack(f"<{words}Q", raw)):
             if value:
-                _Q.pack_into(self._mm, start + w * 8, 0)
+                nonzero.append(w)
                 base = w * 64
                 while value:
                     low = value & -value
@@ -346,8 +359,13 @@ class RingConsumer:
         cs = g.chunk_size
         for offset, length in self._corrupt:
             chunks.update(range(offset // cs, (offset + length - 1) // cs + 1))
+        ranges = _merge(sorted(chunks), cs, g.disk_size)
+        if persist is not None and ranges:
+            persist(ranges)
+        for w in nonzero:
+            _Q.pack_into(self._mm, start + w * 8, 0)
         self._corrupt.clear()
-        return _merge(sorted(chunks), cs, g.disk_size)
+        return ranges
 
     def counters(self) -> dict[str, int]:
         """Producer counters, control words and positions."""

@@ -51,7 +51,8 @@ class Pair:
     size: int
     cleanup: Callable[[Callable[[], None]], object]
     ring_capacity: int = 8 * MiB
-    vdisk_id: str = "vm1-disk0"
+    # Unique per test, so a daemon can never mistake another test's sink for its own.
+    vdisk_id: str = field(default_factory=lambda: f"vm1-disk0-{os.urandom(4).hex()}")
     sink_port: int = field(default_factory=free_port)
     daemon_extra: str = ""
     sink: DaemonProcess | None = None

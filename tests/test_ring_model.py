@@ -123,6 +123,21 @@ class RingModel(RuleBasedStateMachine):
         self.expect_seq = self.released_seq + 1
 
     @rule()
+    def crash_mid_harvest(self) -> None:
+        class Died(Exception):
+            pass
+
+        def die(ranges: list[tuple[int, int]]) -> None:
+            raise Died  # the consumer dies after the swap, before persisting
+
+        try:
+            self.consumer.take_dirty(die)
+        except Died:
+            pass
+        self.restart_consumer()
+        self.dirty.extend(self.consumer.recover_dirty())
+
+    @rule()
     def harvest(self) -> None:
         got = self.consumer.take_dirty()
         if got:
