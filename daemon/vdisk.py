@@ -37,6 +37,7 @@ from liftshift.v1 import replication_pb2_grpc
 from . import hashing
 from .core import BACKGROUND, REPAIR, RESYNC, ReadPlan, VdiskSync
 from .errors import LiftshiftError, from_rpc_error
+from .lag import LagWindow
 from .service import grpc_options
 from .settings import DaemonConfig, ReplicateSpec
 from .state import StateStore
@@ -52,51 +53,6 @@ _SAVE_INTERVAL_S = 0.05
 class _Read:
     plan: ReadPlan
     task: asyncio.Task[tuple[bytes, bool, int]]
-
-
-class LagWindow:
-    """The most recent ``size`` lag samples (ns) and a histogram of exactly
-    those, so a status call reads percentiles in O(buckets) instead of sorting.
-
-    Buckets are exact below 32 ns, then 16 per power of two; :meth:`quantile`
-    returns a bucket's midpoint, within about 3% of the true sample.
-    """
-
-    def __init__(self, size: int = 100_000) -> None:
-        self.samples: deque[int] = deque(maxlen=size)
-        self._counts = [0] * (64 * 16)
-
-    @staticmethod
-    def _bucket(ns: int) -> int:
-        b = ns.bit_length()
-        return ns if b <= 5 else (b - 5) * 16 + (ns >> (b - 5))
-
-    def extend(self, samples: list[int]) -> None:
-        counts, window = self._counts, self.samples
-        for ns in samples:
-            ns = max(0, ns)
-            if len(window) == window.maxlen:
-                counts[self._bucket(window[0])] -= 1
-            window.append(ns)
-            counts[self._bucket(ns)] += 1
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def quantile(self, q: float) -> float:
-        """The ``q`` quantile (0..1) of the window in seconds; 0.0 when empty."""
-        rank = min(len(self.samples) - 1, int(q * len(self.samples)))
-        if rank < 0:
-            return 0.0
-        seen = 0
-        for idx, n in enumerate(self._counts):
-            seen += n
-            if seen > rank:
-                if idx < 32:
-                    return idx / 1e9
-                shift, mant = idx // 16 - 1, idx % 16 + 16
-                return ((mant << shift) + ((1 << shift) - 1) / 2) / 1e9
-        return 0.0
 
 
 @dataclass

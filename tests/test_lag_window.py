@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from liftshift.daemon.vdisk import LagWindow
+from liftshift.daemon.lag import LagWindow
 
 
 def _exact(samples: list[int], q: float) -> float:
