@@ -79,24 +79,18 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: key '{key}': expected true or false, got {value!r}")
         return value
-    if tp is int:
+    if tp in (int, float):
+        # Environment overrides arrive as strings; TOML gives int or float.
+        accepted = (int,) if tp is int else (int, float)
         if isinstance(value, str):
             try:
-                return int(value)
+                return tp(value)
             except ValueError:
                 pass
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{source}: key '{key}': expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ConfigError(f"{source}: key '{key}': expected a number, got {value!r}")
-        return float(value)
+        elif isinstance(value, accepted) and not isinstance(value, bool):
+            return tp(value)
+        what = "an integer" if tp is int else "a number"
+        raise ConfigError(f"{source}: key '{key}': expected {what}, got {value!r}")
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{source}: key '{key}': expected a string, got {value!r}")
