@@ -1,0 +1,188 @@
+"""The async client of the source daemon's Control service.
+
+Provider orchestration embeds this; the ``liftshift`` CLI is a thin shell
+around it.  Use it as an async context manager::
+
+    async with Client("127.0.0.1:50051") as c:
+        m = await c.create_migration(["web-1"], "sink.example:50052", start=True)
+        async for event in c.watch(m.id):
+            ...
+
+Every method returns the protobuf message the daemon answered (see
+``proto/liftshift/v1/control.proto``) and raises the daemon's typed
+:class:`~liftshift.daemon.errors.LiftshiftError` (same class and hint as the
+server raised), never a raw :class:`grpc.RpcError`.  A daemon that cannot be
+reached, or does not answer before the deadline, raises
+:class:`~liftshift.daemon.errors.Unavailable` with a hint naming the address.
+
+Short calls get ``timeout`` seconds; the long ones (a cutover of VMs, a
+verify, a watch) have no deadline unless given one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from liftshift.daemon import lifecycle
+from liftshift.daemon.errors import ERROR_KEY, InvalidArgument, LiftshiftError, Unavailable, from_rpc_error
+from liftshift.daemon.service import grpc_options
+from liftshift.v1 import control_pb2 as cpb
+from liftshift.v1 import control_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+# Answers (a ListMigrations of many VMs) may be large; the daemon's own limit
+# applies to what it sends.
+MAX_MESSAGE = 64 << 20
+
+_UNSET: Any = object()
+# from_rpc_error rebuilds only error classes that have been imported: the
+# state machine's refusal (IllegalTransition) lives in lifecycle.
+IllegalTransition = lifecycle.IllegalTransition
+
+
+class Client:
+    """Async client of one daemon's Control service (see the module note)."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float | None = 30.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: control_pb2_grpc.ControlStub | None = None
+
+    async def __aenter__(self) -> Client:
+        self._channel = grpc.aio.insecure_channel(self.address, options=grpc_options(MAX_MESSAGE))
+        self._stub = control_pb2_grpc.ControlStub(self._channel)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel (``async with`` does this on exit)."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub = None
+
+    @property
+    def stub(self) -> control_pb2_grpc.ControlStub:
+        if self._stub is None:
+            raise RuntimeError("use the Client as `async with Client(...) as c:`")
+        return self._stub
+
+    # ---- error handling ---------------------------------------------------
+
+    def _error(self, err: grpc.RpcError, timeout: float | None) -> LiftshiftError:
+        """The typed error for ``err``; transport failures name the address."""
+        code = err.code() if hasattr(err, "code") else None
+        md = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+        from_server = any(key == ERROR_KEY for key, _ in md or ())
+        if not from_server and code == grpc.StatusCode.UNAVAILABLE:
+            # "failed to connect to all addresses; last error: ...: Connection refused"
+            details = (err.details() if hasattr(err, "details") else "") or "unavailable"
+            why = details.rsplit(": ", 1)[-1].strip(" []")
+            return Unavailable(f"cannot reach the liftshift daemon at {self.address} ({why})",
+                               hint=f"check that liftshift-daemon is running and listening on {self.address}")
+        if not from_server and code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return Unavailable(f"the liftshift daemon at {self.address} did not answer within {timeout:g} s",
+                               hint=f"check the daemon at {self.address}, or allow a longer timeout")
+        return from_rpc_error(err)
+
+    async def _call(self, method: Any, request: Any, timeout: float | None = _UNSET) -> Any:
+        t = self.timeout if timeout is _UNSET else timeout
+        try:
+            return await method(request, timeout=t)
+        except grpc.RpcError as e:
+            raise self._error(e, t) from None
+
+    # ---- inventory and replication ----------------------------------------
+
+    async def list_vms(self) -> cpb.ListVmsResponse:
+        """VMs the platform knows, with their disks and migration."""
+        return await self._call(self.stub.ListVms, cpb.ListVmsRequest())
+
+    async def list_replications(self) -> cpb.ListReplicationsResponse:
+        """Replication state of every vdisk the daemon ships."""
+        return await self._call(self.stub.ListReplications, cpb.ListReplicationsRequest())
+
+    async def verify_vdisk(self, vdisk_id: str, max_rounds: int = 3, *,
+                           timeout: float | None = None) -> cpb.VerifyVdiskResponse:
+        """Compare source and shadow chunk by chunk, repairing what differs (no deadline by default)."""
+        return await self._call(self.stub.VerifyVdisk,
+                                cpb.VerifyVdiskRequest(vdisk_id=vdisk_id, max_rounds=max_rounds), timeout)
+
+    # ---- migrations --------------------------------------------------------
+
+    async def create_migration(self, vms: Sequence[str], destination: str, *, name: str = "",
+                               auto_cutover: bool = False, converge_threshold_bytes: int = 0,
+                               throttle_bytes_per_s: int = 0, start: bool = False) -> cpb.Migration:
+        """Define a live migration of ``vms`` to the sink at ``destination`` (host:port)."""
+        req = cpb.CreateMigrationRequest(name=name, vms=list(vms), destination=destination,
+                                         type=cpb.MIGRATION_TYPE_LIVE, auto_cutover=auto_cutover,
+                                         converge_threshold_bytes=converge_threshold_bytes,
+                                         throttle_bytes_per_s=throttle_bytes_per_s, start=start)
+        return await self._call(self.stub.CreateMigration, req)
+
+    async def start(self, migration_id: str) -> cpb.Migration:
+        """Start a created migration."""
+        return await self._call(self.stub.StartMigration, cpb.MigrationRef(migration_id=migration_id))
+
+    async def pause(self, migration_id: str) -> cpb.Migration:
+        """Stop shipping; the guest keeps running and its writes go on being captured."""
+        return await self._call(self.stub.PauseMigration, cpb.MigrationRef(migration_id=migration_id))
+
+    async def resume(self, migration_id: str) -> cpb.Migration:
+        """Resume a paused migration, or retry a failed one."""
+        return await self._call(self.stub.ResumeMigration, cpb.MigrationRef(migration_id=migration_id))
+
+    async def abort(self, migration_id: str) -> cpb.Migration:
+        """Stop for good; the source VMs keep running untouched."""
+        return await self._call(self.stub.AbortMigration, cpb.MigrationRef(migration_id=migration_id))
+
+    async def list_migrations(self, all: bool = False) -> cpb.ListMigrationsResponse:
+        """Unfinished migrations (``all``: completed and aborted ones too)."""
+        return await self._call(self.stub.ListMigrations, cpb.ListMigrationsRequest(all=all))
+
+    async def get_migration(self, migration_id: str) -> cpb.Migration:
+        """One migration with per-VM and per-vdisk progress."""
+        return await self._call(self.stub.GetMigration, cpb.MigrationRef(migration_id=migration_id))
+
+    async def watch(self, migration_id: str = "", interval_ms: int = 500) -> AsyncIterator[cpb.MigrationEvent]:
+        """Events as they happen ("" : every migration).
+
+        With an id the stream ends once that migration is completed or
+        aborted; leaving the ``async for`` early cancels the stream.
+        """
+        call = self.stub.Watch(cpb.WatchRequest(migration_id=migration_id, interval_ms=interval_ms))
+        try:
+            async for event in call:
+                yield event
+        except grpc.RpcError as e:
+            raise self._error(e, None) from None
+        finally:
+            call.cancel()
+
+    async def cutover(self, migration_id: str = "", *, vm: str | None = None, group: bool = False,
+                      auto: bool = False, force: bool = False, timeout: float | None = None) -> cpb.CutoverResponse:
+        """Cut over one VM (``vm``), every VM of a migration (``group``) or turn on ``auto`` cutover.
+
+        Exactly one of the three.  For one VM the migration id may be "": the
+        daemon finds the VM's unfinished migration.  Cutting VMs over takes
+        as long as it takes, so there is no deadline unless ``timeout`` is
+        given; ``auto`` only flips a switch and uses the client's timeout.
+        """
+        if (vm is not None) + group + auto != 1:
+            raise InvalidArgument("cutover needs exactly one of vm=..., group=True or auto=True")
+        if vm is not None:
+            req = cpb.CutoverRequest(migration_id=migration_id, vm=vm, force=force)
+        elif group:
+            req = cpb.CutoverRequest(migration_id=migration_id, group=True, force=force)
+        else:
+            req = cpb.CutoverRequest(migration_id=migration_id, auto=True, force=force)
+            timeout = self.timeout if timeout is None else timeout
+        return await self._call(self.stub.Cutover, req, timeout)
+
