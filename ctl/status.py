@@ -1,0 +1,223 @@
+"""``liftshift status``: where migrations stand, once or live.
+
+Without ``--watch`` it prints one table: each migration, its VMs and their
+vdisks with copy progress, live bytes, backlog, bandwidth, ETA and lag.
+With ``--watch`` it follows the daemon's Watch stream until the watched
+migration is completed or aborted (or Ctrl-C), in one of three forms:
+
+* on a terminal, the same table redrawn live with progress bars, and a line
+  above it for every state change, cutover step and error;
+* not on a terminal (a log, a pipe), plain lines: one per state change,
+  cutover step or error, and a compact progress line per VM at most every
+  ``PROGRESS_EVERY`` seconds;
+* with ``--json``, every event as one JSON object per line.
+
+A watched migration that ends aborted makes the command fail (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable, Iterable
+
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from liftshift.v1 import control_pb2 as cpb
+
+from .client import Client
+from .output import (
+    EXIT_FAILED,
+    FINAL_STATES,
+    Output,
+    background,
+    copied,
+    event_label,
+    replication_label,
+    state_label,
+    state_text,
+    vm_vdisks,
+)
+from .units import fmt_bytes, fmt_duration, fmt_rate
+
+PROGRESS_EVERY = 2.0
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("status", parents=[common], help="progress of migrations (once, or live with --watch)",
+                       description="Migrations, their VMs and vdisks: copy progress, live (foreground) bytes, "
+                                   "backlog, bandwidth, ETA, lag and state. With --watch, follow them live until "
+                                   "the migration is completed or aborted, or Ctrl-C (when stdout is not a "
+                                   "terminal: one line per event and a progress line per VM every 2 s).",
+                       epilog="examples:\n  liftshift status\n  liftshift status m-1a2b --watch\n"
+                              "  liftshift status m-1a2b --watch --json | jq .kind",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("migration", nargs="?", default="", metavar="MIGRATION",
+                   help="one migration (default: every unfinished one)")
+    p.add_argument("--watch", "-w", action="store_true", help="follow progress live")
+    p.add_argument("--interval", type=int, default=500, metavar="MS",
+                   help="progress events at most this often, in milliseconds (default 500)")
+    p.set_defaults(run=run)
+
+
+async def run(args: argparse.Namespace, client: Client, out: Output) -> int:
+    if args.migration:
+        one = await client.get_migration(args.migration)
+        migrations = {one.id: one}
+    else:
+        migrations = {m.id: m for m in (await client.list_migrations()).migrations}
+    if not args.watch:
+        if out.json:
+            out.emit(one if args.migration else cpb.ListMigrationsResponse(migrations=migrations.values()))
+        elif not migrations:
+            out.console.print("No unfinished migrations.")
+        else:
+            out.console.print(progress_table(migrations.values()))
+        return 0
+    if args.migration and one.state in FINAL_STATES:
+        # Nothing more will happen: say how it ended.
+        if out.json:
+            out.emit(one)
+        else:
+            out.console.print(progress_table([one]))
+        return _ending(out, one)
+    return await watch(args.migration, args.interval, client, out, migrations)
+
+
+async def watch(mid: str, interval_ms: int, client: Client, out: Output, migrations: dict[str, cpb.Migration]) -> int:
+    """Follow the Watch stream until ``mid`` ends (or forever for "")."""
+    plain = PlainLines(out.line)
+    if out.json or not out.is_terminal:
+        async for ev in client.watch(mid, interval_ms):
+            if out.json:
+                out.emit_line(ev)
+            else:
+                plain.event(ev)
+            if mid and _ended(ev, mid):
+                return _ending(out, ev.migration)
+    else:
+        out.console.print(Text.assemble("Watching ", ("migration " + mid if mid else "every migration", "bold"),
+                                        " (Ctrl-C to stop)", style="dim"))
+        with Live(progress_table(migrations.values()), console=out.console, refresh_per_second=4) as live:
+            async for ev in client.watch(mid, interval_ms):
+                if ev.HasField("migration"):
+                    migrations[ev.migration.id or ev.migration_id] = ev.migration
+                if ev.kind != cpb.EVENT_KIND_PROGRESS:
+                    live.console.print(event_text(ev))
+                live.update(progress_table(migrations.values()))
+                if mid and _ended(ev, mid):
+                    return _ending(out, ev.migration)
+    if mid:
+        out.fail("Unavailable", f"the daemon ended the watch of migration {mid} before it finished",
+                 f"see `liftshift migrate show {mid}`")
+        return EXIT_FAILED
+    return 0
+
+
+def _ended(ev: cpb.MigrationEvent, mid: str) -> bool:
+    return ev.HasField("migration") and ev.migration.id == mid and ev.migration.state in FINAL_STATES
+
+
+def _ending(out: Output, m: cpb.Migration) -> int:
+    if m.state == cpb.MIGRATION_STATE_ABORTED:
+        out.fail("Aborted", f"migration {m.id} was aborted", None)
+        return EXIT_FAILED
+    return 0
+
+
+# ---- the table ----------------------------------------------------------------
+
+def _bar(done: int, total: int) -> ProgressBar:
+    return ProgressBar(total=max(total, 1), completed=done if total else 1, width=20)
+
+
+def progress_table(migrations: Iterable[cpb.Migration]) -> Table:
+    """Migrations, VMs and vdisks, one row each, with progress bars."""
+    table = Table(box=None, padding=(0, 1), header_style="bold")
+    table.add_column("MIGRATION / VM / DISK", no_wrap=True, overflow="fold")
+    table.add_column("STATE", no_wrap=True)
+    table.add_column("BACKGROUND COPY", no_wrap=True)
+    table.add_column("", justify="right", no_wrap=True)
+    for col in ("LIVE", "BACKLOG", "BANDWIDTH", "ETA", "LAG"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for m in migrations:
+        done, total = background(vm_vdisks(m))
+        label = Text(m.id, style="bold")
+        if m.name and m.name != m.id:
+            label.append(f" ({m.name})", style="")
+        table.add_row(label, state_text(m.state), _bar(done, total), copied(done, total),
+                      fmt_bytes(sum(d.live_bytes for d in vm_vdisks(m))),
+                      fmt_bytes(sum(vm.backlog_bytes for vm in m.vms)), fmt_rate(m.bandwidth_bytes_per_s),
+                      fmt_duration(m.eta_seconds), "")
+        for vm in m.vms:
+            vdone, vtotal = background(vm.vdisks)
+            table.add_row(f"  {vm.vm}", state_text(vm.state), _bar(vdone, vtotal), copied(vdone, vtotal),
+                          fmt_bytes(sum(d.live_bytes for d in vm.vdisks)), fmt_bytes(vm.backlog_bytes),
+                          fmt_rate(sum(d.bandwidth_bytes_per_s for d in vm.vdisks)),
+                          fmt_duration(vm.eta_seconds), fmt_duration(max((d.lag_seconds for d in vm.vdisks),
+                                                                         default=0)))
+            for d in vm.vdisks:
+                state = Text(replication_label(d.state))
+                if not d.connected:
+                    state.append(" (disconnected)", style="red")
+                table.add_row(Text(f"    {d.name}", style="dim"), state,
+                              _bar(d.background_done_bytes, d.background_total_bytes),
+                              copied(d.background_done_bytes, d.background_total_bytes), fmt_bytes(d.live_bytes),
+                              fmt_bytes(d.backlog_bytes), fmt_rate(d.bandwidth_bytes_per_s),
+                              fmt_duration(d.eta_seconds), fmt_duration(d.lag_seconds))
+    return table
+
+
+# ---- lines ----------------------------------------------------------------------
+
+def _stamp(ev: cpb.MigrationEvent) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ev.time or time.time()))
+
+
+def event_line(ev: cpb.MigrationEvent) -> str:
+    """``12:00:01 m-1 web-1 state-changed converged: message``."""
+    line = f"{_stamp(ev)} {ev.migration_id} {ev.vm or '-'} {event_label(ev.kind)} {state_label(ev.state)}"
+    return f"{line}: {ev.message}" if ev.message else line
+
+
+def event_text(ev: cpb.MigrationEvent) -> Text:
+    """The event line, coloured for a terminal."""
+    style = "red" if ev.kind == cpb.EVENT_KIND_ERROR else "magenta" if ev.kind == cpb.EVENT_KIND_CUTOVER_STEP else ""
+    return Text(event_line(ev), style=style)
+
+
+def progress_line(stamp: str, m: cpb.Migration, vm: cpb.VmMigration) -> str:
+    """One compact line of a VM's progress."""
+    done, total = background(vm.vdisks)
+    lag = max((d.lag_seconds for d in vm.vdisks), default=0)
+    return (f"{stamp} {m.id} {vm.vm} progress {state_label(vm.state)} copied {copied(done, total)} "
+            f"live {fmt_bytes(sum(d.live_bytes for d in vm.vdisks))} backlog {fmt_bytes(vm.backlog_bytes)} "
+            f"bw {fmt_rate(sum(d.bandwidth_bytes_per_s for d in vm.vdisks))} eta {fmt_duration(vm.eta_seconds)} "
+            f"lag {fmt_duration(lag)}")
+
+
+class PlainLines:
+    """Events as plain lines; progress per VM at most every ``every`` seconds."""
+
+    def __init__(self, write: Callable[[str], None], every: float = PROGRESS_EVERY,
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self.write = write
+        self.every = every
+        self.now = now
+        self.last: dict[tuple[str, str], float] = {}
+
+    def event(self, ev: cpb.MigrationEvent) -> None:
+        if ev.kind != cpb.EVENT_KIND_PROGRESS:
+            self.write(event_line(ev))
+            return
+        t = self.now()
+        for vm in ev.migration.vms:
+            if ev.vm and vm.vm != ev.vm:
+                continue
+            key = (ev.migration.id, vm.vm)
+            if t - self.last.get(key, float("-inf")) >= self.every:
+                self.last[key] = t
+                self.write(progress_line(_stamp(ev), ev.migration, vm))

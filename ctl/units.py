@@ -1,0 +1,78 @@
+"""Sizes, rates and durations, parsed from people and shown to them.
+
+Parsing follows dd(1): a bare ``K``/``M``/``G``/``T`` and the IEC ``KiB``...
+suffixes are powers of 1024, ``KB``/``MB``/... are powers of 1000, and a
+plain number is bytes.  A rate is a size optionally followed by ``/s``.
+Shown sizes always use IEC units (``64.0 MiB``), the unit a disk is sized in.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_FACTORS: dict[str, int] = {"": 1, "b": 1}
+for _i, _p in enumerate("kmgtp", start=1):
+    _FACTORS[_p] = 1024**_i
+    _FACTORS[f"{_p}ib"] = 1024**_i
+    _FACTORS[f"{_p}b"] = 1000**_i
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``"64MiB"``, ``"1.5G"``, ``"100MB"`` or ``"4096"``; ValueError otherwise."""
+    m = _SIZE.match(text.lower())
+    if not m or m.group(2) not in _FACTORS:
+        raise ValueError(f"{text!r} is not a size (examples: 4096, 64MiB, 1.5G, 100MB)")
+    return int(float(m.group(1)) * _FACTORS[m.group(2)])
+
+
+def parse_rate(text: str) -> int:
+    """Bytes/s in ``"100MB/s"``, ``"50MiB/s"``, ``"1G"`` (``/s`` optional); ValueError otherwise."""
+    body = text.strip()
+    for suffix in ("/s", "ps"):
+        if body.lower().endswith(suffix):
+            body = body[: -len(suffix)]
+            break
+    try:
+        return parse_size(body)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a rate (examples: 100MB/s, 50MiB/s, 0 for none)") from None
+
+
+def fmt_bytes(n: float) -> str:
+    """``512 B``, ``64.0 MiB``, ``1.50 GiB``."""
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024
+        if n < 1024 or unit == "PiB":
+            return f"{n:.2f} {unit}" if n < 10 else f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def fmt_rate(bytes_per_s: float) -> str:
+    """``12.5 MiB/s``; ``-`` when nothing moves."""
+    return f"{fmt_bytes(bytes_per_s)}/s" if bytes_per_s > 0 else "-"
+
+
+def fmt_duration(seconds: float) -> str:
+    """``0.42 s``, ``42 s``, ``3m05s``, ``2h03m``; ``-`` when unknown (negative or not finite)."""
+    if seconds < 0 or not math.isfinite(seconds):
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    s = int(round(seconds))
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def fmt_percent(done: int, total: int) -> str:
+    """``42%`` of the total (``100%`` for an empty total)."""
+    if total <= 0:
+        return "100%"
+    return f"{min(100.0, 100.0 * done / total):.0f}%"

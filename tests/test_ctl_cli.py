@@ -1,0 +1,456 @@
+"""The ``liftshift`` CLI, run as a real subprocess against the fake Control service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ctlfake import FakeControl, GiB, MiB, event, identical_report, run_to_completion, serve
+
+from liftshift.daemon import errors
+from liftshift.daemon.lifecycle import Event
+from liftshift.v1 import control_pb2 as cpb
+
+SCRIPT = Path(sys.executable).parent / "liftshift"
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    def error(self) -> dict[str, str]:
+        return dict(json.loads(self.err)["error"])
+
+
+async def cli(*args: str, address: str | None = None, env: dict[str, str] | None = None,
+              timeout: float = 60, module: bool = False) -> Run:
+    """Run ``liftshift [--address A] ARGS`` (stdout and stderr are pipes, not a terminal)."""
+    cmd = [sys.executable, "-m", "liftshift.ctl"] if module or not SCRIPT.exists() else [str(SCRIPT)]
+    if address is not None:
+        cmd += ["--address", address]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LIFTSHIFT_")}
+    full_env.update(env or {})
+    proc = await asyncio.create_subprocess_exec(*cmd, *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, env=full_env)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture
+async def fake_addr() -> AsyncIterator[tuple[FakeControl, str]]:
+    fake = FakeControl()
+    async with serve(fake) as addr:
+        yield fake, addr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rows(text: str, first: str) -> list[list[str]]:
+    """Table rows (cells split on the box rules) whose first cell is ``first``."""
+    found = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃]", line)[1:-1]]
+        if cells and cells[0] == first:
+            found.append(cells)
+    return found
+
+
+# ---- help, usage, global options ---------------------------------------------------
+
+async def test_help_documents_commands_and_exit_codes() -> None:
+    for r in (await cli("--help"), await cli("--help", module=True)):
+        assert r.rc == 0
+        for word in ("inventory", "migrate", "status", "cutover", "verify", "replications", "LIFTSHIFT_ADDRESS"):
+            assert word in r.out
+        assert re.search(r"^\s+3\s+refused", r.out, re.M) and re.search(r"^\s+4\s+the daemon is unreachable",
+                                                                            r.out, re.M)
+
+
+@pytest.mark.parametrize("args, complaint", [
+    ([], "required"),
+    (["migrate"], "required"),
+    (["migrate", "create", "web-1"], "--dest"),
+    (["migrate", "create", "web-1", "--dest", "s:1", "--throttle", "fast"], "'fast' is not a rate"),
+    (["migrate", "create", "web-1", "--dest", "s:1", "--converge-threshold", "12XB"], "'12XB' is not a size"),
+    (["cutover"], "exactly one of VM, --group MIGRATION or --auto MIGRATION"),
+    (["cutover", "web-1", "--group", "m-1"], "exactly one of"),
+    (["cutover", "--auto", "m-1", "--force"], "--force does not apply to --auto"),
+    (["--timeout", "0", "inventory"], "not a positive number of seconds"),
+    (["verify", "v1", "--max-rounds", "0"], "not a positive whole number"),
+])
+async def test_usage_errors_exit_2_without_calling_the_daemon(args: list[str], complaint: str,
+                                                              fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    r = await cli(*args, address=addr)
+    assert r.rc == 2, r
+    assert complaint in r.err
+    assert fake.requests == []
+
+
+async def test_address_from_env_and_global_options_after_the_command(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    r = await cli("inventory", env={"LIFTSHIFT_ADDRESS": addr})
+    assert r.rc == 0 and "web-1" in r.out
+    r = await cli("inventory", "--json", "--address", addr)
+    assert r.rc == 0 and [vm["name"] for vm in r.json()["vms"]] == ["web-1", "db-1", "cold-1"]
+    assert [name for name, _ in fake.requests] == ["ListVms", "ListVms"]
+
+
+# ---- inventory ---------------------------------------------------------------------
+
+async def test_inventory_lists_vms_and_disks(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    fake.vms[0].migration_id = "m-0042"
+    r = await cli("inventory", address=addr)
+    assert r.rc == 0, r
+    web = rows(r.out, "web-1")
+    assert web == [["web-1", "sim", "powered-on", "m-0042", "disk0", "4.00 GiB", "1.50 GiB", "yes"]]
+    # web-1's second disk is on the next row, under the same VM.
+    assert ["", "", "", "", "disk1", "512.0 MiB", "64.0 MiB", "yes"] in rows(r.out, "")
+    assert rows(r.out, "cold-1") == [["cold-1", "vsphere", "powered-off", "-", "hd0", "1.00 GiB", "0 B", "no"]]
+
+
+async def test_inventory_json_has_every_field(fake_addr: tuple[FakeControl, str]) -> None:
+    _, addr = fake_addr
+    r = await cli("--json", "inventory", address=addr)
+    assert r.rc == 0 and r.err == ""
+    cold = r.json()["vms"][2]
+    assert cold["name"] == "cold-1" and cold["power_state"] == "POWER_STATE_POWERED_OFF"
+    assert cold["migration_id"] == ""  # fields without presence are printed too
+    disk = cold["disks"][0]
+    assert disk["capture_attached"] is False and int(disk["size_bytes"]) == GiB and int(disk["allocated_bytes"]) == 0
+
+
+# ---- migrate -----------------------------------------------------------------------
+
+async def test_migrate_create_parses_sizes_and_prints_the_id(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    r = await cli("migrate", "create", "web-1", "db-1", "--dest", "sink:50052", "--name", "wave 1",
+                  "--auto-cutover", "--converge-threshold", "64MiB", "--throttle", "100MB/s", "--start", address=addr)
+    assert r.rc == 0, r
+    (mid,) = fake.migrations
+    req = fake.requests[-1][1]
+    assert (list(req.vms), req.destination, req.name, req.auto_cutover, req.converge_threshold_bytes,
+            req.throttle_bytes_per_s, req.start) == (["web-1", "db-1"], "sink:50052", "wave 1", True, 64 * MiB,
+                                                      100_000_000, True)
+    assert f"Created migration {mid} of 2 VM(s) to sink:50052: syncing" in r.out
+    assert re.search(r"converge at\s+64.0 MiB", r.out) and re.search(r"VMs\s+web-1, db-1", r.out)
+    assert re.search(r"throttle\s+95.4 MiB/s", r.out)  # 100 MB/s, shown in IEC units
+    r = await cli("--json", "migrate", "create", "cold-1", "--dest", "sink:50052", address=addr)
+    m = r.json()
+    assert r.rc == 0 and m["id"] in fake.migrations and m["id"] != mid
+    assert m["state"] == "MIGRATION_STATE_CREATED" and m["auto_cutover"] is False
+    assert [vm["vm"] for vm in m["vms"]] == ["cold-1"] and m["allowed"] == ["start", "abort"]
+
+
+async def test_migrate_actions_change_state_and_refusals_exit_3(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    r = await cli("migrate", "create", "web-1", "--dest", "sink:50052", address=addr)
+    (mid,) = fake.migrations
+    r = await cli("migrate", "pause", mid, address=addr)
+    assert r.rc == 3 and r.out == ""
+    assert r.err.splitlines() == ["liftshift: cannot pause a migration that is created",
+                                  "  hint: only a syncing or converged migration can be paused"]
+    for action, state in (("start", "syncing"), ("pause", "paused"), ("resume", "syncing"), ("abort", "aborted")):
+        r = await cli("migrate", action, mid, address=addr)
+        assert r.rc == 0, r
+        assert f"migration {mid}: {state}" in r.out
+        assert fake.migrations[mid].state == cpb.MigrationState.Value(f"MIGRATION_STATE_{state.upper()}")
+    r = await cli("--json", "migrate", "abort", mid, address=addr)
+    assert r.rc == 3 and r.out == ""
+    assert r.error() == {"type": "IllegalTransition", "message": "cannot abort a migration that is aborted",
+                   "hint": "a completed or aborted migration cannot be aborted; a cutting-over one must finish or "
+                           "fail first"}
+
+
+async def test_migrate_list_and_show(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    r = await cli("migrate", "list", address=addr)
+    assert r.rc == 0 and "No unfinished migrations" in r.out
+    await cli("migrate", "create", "web-1", "--dest", "sink:50052", "--start", address=addr)
+    await cli("migrate", "create", "db-1", "--dest", "sink:50053", address=addr)
+    a, b = fake.migrations
+    fake.progress(a, 0.25)
+    await cli("migrate", "abort", b, address=addr)
+
+    r = await cli("migrate", "list", address=addr)
+    assert [row[:4] for row in rows(r.out, a)] == [[a, a, "syncing", "sink:50052"]]
+    assert rows(r.out, a)[0][5] == "400.0 MiB / 1.56 GiB (25%)" and rows(r.out, b) == []
+    r = await cli("migrate", "list", "--all", address=addr)
+    assert rows(r.out, b)[0][2] == "aborted"
+    r = await cli("--json", "migrate", "list", "--all", address=addr)
+    assert [m["id"] for m in r.json()["migrations"]] == [a, b]
+
+    r = await cli("migrate", "show", a, address=addr)
+    assert r.rc == 0, r
+    assert re.search(r"allowed now\s+pause, force-cutover, abort", r.out)
+    disk0 = next(row for row in rows(r.out, "disk0"))
+    assert disk0[1:4] == ["web-1-disk0", "copying", "4.00 GiB"] and disk0[4] == "384.0 MiB / 1.50 GiB (25%)"
+    assert "Cutover reports" not in r.out
+
+    await cli("cutover", "web-1", "--force", address=addr)
+    r = await cli("migrate", "show", a, address=addr)
+    assert "Cutover reports" in r.out and rows(r.out, "identical") == [["identical", "yes"]]
+    r = await cli("--json", "migrate", "show", a, address=addr)
+    assert r.json()["vms"][0]["cutover"]["identical"] is True
+
+    r = await cli("migrate", "show", "m-nope", address=addr)
+    assert r.rc == 3 and r.err.splitlines() == ["liftshift: no migration 'm-nope'",
+                                                "  hint: list them with `liftshift migrate list --all`"]
+
+
+# ---- status ------------------------------------------------------------------------
+
+async def test_status_snapshot(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    r = await cli("status", address=addr)
+    assert r.rc == 0 and "No unfinished migrations" in r.out
+    await cli("migrate", "create", "web-1", "db-1", "--dest", "sink:50052", "--start", address=addr)
+    (mid,) = fake.migrations
+    fake.progress(mid, 0.5, live=5 * MiB)
+    for args in (["status"], ["status", mid]):
+        r = await cli(*args, address=addr)
+        assert r.rc == 0, r
+        lines = {line.split()[0]: line for line in r.out.splitlines()[1:]}
+        assert set(lines) == {mid, "web-1", "disk0", "disk1", "db-1", "root"}
+        assert "2.28 GiB / 4.56 GiB (50%)" in lines[mid] and "syncing" in lines[mid]
+        assert "768.0 MiB / 1.50 GiB (50%)" in lines["disk0"] and "copying" in lines["disk0"]
+        assert "10.0 MiB" in lines["web-1"]  # live bytes of its two disks
+    r = await cli("--json", "status", mid, address=addr)
+    assert r.json()["id"] == mid
+    r = await cli("--json", "status", address=addr)
+    assert [m["id"] for m in r.json()["migrations"]] == [mid]
+
+
+async def test_status_watch_plain_lines_until_completed(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    fake.watch_script = run_to_completion(3.0, every=0.05)
+    await cli("migrate", "create", "web-1", "db-1", "--dest", "sink:50052", "--start", address=addr)
+    (mid,) = fake.migrations
+    r = await cli("status", mid, "--watch", address=addr, timeout=30)
+    assert r.rc == 0, r
+    lines = r.out.splitlines()
+    fields = [line.split(maxsplit=4) for line in lines]  # time, migration, vm, kind, rest
+    assert all(f[1] == mid for f in fields)
+    progress = [f for f in fields if f[3] == "progress"]
+    # 60 progress events in 3 s, printed at most every 2 s per VM.
+    for vm in ("web-1", "db-1"):
+        assert 1 <= sum(f[2] == vm for f in progress) <= 2
+    assert progress[0][4].startswith("syncing copied 0 B / ")
+    steps = [(f[2], f[4]) for f in fields if f[3] == "cutover-step"]
+    assert steps == [(vm, f"cutting-over: {s}") for vm in ("web-1", "db-1")
+                     for s in ("stopping", "draining", "verifying", "powering on")]
+    assert lines[-1].split(maxsplit=3)[3] == "state-changed completed: every VM runs at the destination"
+    assert fields[-1][2] == "-"
+
+
+async def test_status_watch_stops_by_itself_when_the_migration_completes(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    fake.watch_script = run_to_completion(0.3, every=0.05, end_stream=False)
+    await cli("migrate", "create", "web-1", "--dest", "sink:50052", "--start", address=addr)
+    (mid,) = fake.migrations
+    r = await cli("--json", "status", mid, "--watch", address=addr, timeout=20)
+    assert r.rc == 0, r
+    events = [json.loads(line) for line in r.out.splitlines()]
+    assert {e["kind"] for e in events} == {"EVENT_KIND_PROGRESS", "EVENT_KIND_STATE_CHANGED",
+                                           "EVENT_KIND_CUTOVER_STEP"}
+    assert events[-1]["migration"]["state"] == "MIGRATION_STATE_COMPLETED"
+    assert all(e["migration_id"] == mid and "time" in e and "migration" in e for e in events)
+    # Already completed: one snapshot, no stream.
+    r = await cli("status", mid, "--watch", address=addr)
+    assert r.rc == 0 and "completed" in r.out and fake.requests[-1][0] == "GetMigration"
+
+
+async def test_status_watch_of_an_aborted_migration_fails(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+
+    async def abort_midway(request: cpb.WatchRequest, f: FakeControl) -> AsyncIterator[cpb.MigrationEvent]:
+        m = f.migrations[request.migration_id]
+        yield event(f.progress(m.id, 0.1), cpb.EVENT_KIND_PROGRESS)
+        yield event(m, cpb.EVENT_KIND_ERROR, vm="web-1", message="sink unreachable")
+        f._set_state(m, Event.ABORT)
+        yield event(m, cpb.EVENT_KIND_STATE_CHANGED, message="aborted by operator")
+
+    fake.watch_script = abort_midway
+    await cli("migrate", "create", "web-1", "--dest", "sink:50052", "--start", address=addr)
+    (mid,) = fake.migrations
+    r = await cli("status", mid, "--watch", address=addr)
+    assert r.rc == 1
+    assert [line.split(maxsplit=3)[3] for line in r.out.splitlines()][1:] == [
+        "error syncing: sink unreachable", "state-changed aborted: aborted by operator"]
+    assert r.err.strip() == f"liftshift: migration {mid} was aborted"
+
+
+async def test_status_watch_unknown_migration_exits_3(fake_addr: tuple[FakeControl, str]) -> None:
+    _, addr = fake_addr
+    r = await cli("status", "m-nope", "--watch", address=addr)
+    assert r.rc == 3 and "no migration 'm-nope'" in r.err
+
+
+# ---- cutover -----------------------------------------------------------------------
+
+async def test_cutover_one_vm_prints_its_report(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    await cli("migrate", "create", "web-1", "--dest", "sink:50052", "--start", address=addr)
+    (mid,) = fake.migrations
+    r = await cli("cutover", "web-1", address=addr)
+    assert r.rc == 3 and r.err.splitlines() == ["liftshift: cannot cutover a migration that is syncing",
+                                                "  hint: wait until it has converged, or force the cutover"]
+    fake.progress(mid, 1.0)
+    fake._set_state(fake.migrations[mid], Event.CONVERGED)
+    r = await cli("cutover", "web-1", address=addr)
+    assert r.rc == 0, r
+    req = fake.requests[-1][1]
+    assert (req.migration_id, req.vm, req.force) == ("", "web-1", False)
+    expect = identical_report("web-1")
+    table = {cells[0]: cells[1] for cells in (rows(r.out, k)[0] for k in (
+        "identical", "downtime", "stop", "drain", "verify", "power-on", "chunks verified", "chunks preverified",
+        "chunks repaired", "residual", "forced"))}
+    assert table == {"identical": "yes", "downtime": "2.50 s", "stop": "0.40 s", "drain": "0.60 s",
+                     "verify": "1.20 s", "power-on": "0.30 s", "chunks verified": str(expect.chunks_verified),
+                     "chunks preverified": str(expect.chunks_preverified), "chunks repaired": "0",
+                     "residual": "3.00 MiB", "forced": "no"}
+    assert f"Migration {mid}: completed" in r.out
+
+
+async def test_cutover_group_json_and_a_failed_proof_exits_1(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+
+    def db_differs(vm: str, force: bool) -> cpb.CutoverReport:
+        r = identical_report(vm, force)
+        if vm == "db-1":
+            r.identical = False
+            r.chunks_repaired = 3
+            r.error = "3 chunks still differ after 3 rounds"
+        return r
+
+    fake.cutover_report = db_differs
+    await cli("migrate", "create", "web-1", "db-1", "--dest", "sink:50052", "--start", address=addr)
+    (mid,) = fake.migrations
+    r = await cli("cutover", "--group", mid, "--force", address=addr)
+    assert r.rc == 1, r
+    req = fake.requests[-1][1]
+    assert (req.migration_id, req.WhichOneof("what"), req.force) == (mid, "group", True)
+    assert rows(r.out, "identical") == [["identical", "yes", "no"]]
+    assert rows(r.out, "forced") == [["forced", "yes", "yes"]]
+    assert rows(r.out, "error")[0][2] == "3 chunks still differ after 3 rounds"
+    assert r.err.splitlines()[0] == "liftshift: cutover of db-1 failed: 3 chunks still differ after 3 rounds"
+
+    fake.migrations.clear()
+    for vm in fake.vms:
+        vm.migration_id = ""
+    await cli("migrate", "create", "web-1", "--dest", "sink:50052", "--start", address=addr)
+    (mid,) = fake.migrations
+    r = await cli("--json", "cutover", "--group", mid, "--force", address=addr)
+    assert r.rc == 0, r
+    resp = r.json()
+    assert resp["migration"]["id"] == mid and resp["migration"]["state"] == "MIGRATION_STATE_COMPLETED"
+    (rep,) = resp["reports"]
+    assert rep["vm"] == "web-1" and rep["identical"] is True and rep["downtime_seconds"] == 2.5
+    assert set(rep) >= {"stop_seconds", "drain_seconds", "verify_seconds", "power_on_seconds", "chunks_verified",
+                        "chunks_preverified", "chunks_repaired", "residual_bytes", "forced", "error"}
+
+
+async def test_cutover_auto(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    await cli("migrate", "create", "web-1", "--dest", "sink:50052", "--start", address=addr)
+    (mid,) = fake.migrations
+    r = await cli("cutover", "--auto", mid, address=addr)
+    assert r.rc == 0, r
+    assert fake.migrations[mid].auto_cutover and fake.requests[-1][1].WhichOneof("what") == "auto"
+    assert f"Automatic cutover is on for migration {mid}" in r.out
+    assert f"liftshift status {mid} --watch" in r.out
+
+
+# ---- replications and verify -------------------------------------------------------
+
+async def test_replications_and_verify(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    fake.replications = [cpb.VdiskReplication(vdisk_id="v1", sink="sink:50052", state=cpb.REPLICATION_STATE_COPYING,
+                                              connected=True, background_total_bytes=GiB,
+                                              background_done_bytes=GiB // 4, live_bytes=3 * MiB, live_records=7,
+                                              ring_overflows=2)]
+    r = await cli("replications", address=addr)
+    (row,) = rows(r.out, "v1")
+    assert row[:5] == ["v1", "sink:50052", "copying", "yes", "256.0 MiB / 1.00 GiB (25%)"]
+    assert row[5] == "3.00 MiB (7 writes)" and row[10] == "2"
+    r = await cli("--json", "replications", address=addr)
+    assert r.json()["vdisks"][0]["ring_overflows"] == "2"  # uint64: a string in proto3 JSON
+
+    r = await cli("verify", "v1", "--max-rounds", "5", address=addr)
+    assert r.rc == 0 and "vdisk v1: identical" in r.out and "4096 chunks compared" in r.out
+    assert fake.requests[-1][1].max_rounds == 5
+    fake.verify_result = lambda req: cpb.VerifyVdiskResponse(vdisk_id=req.vdisk_id, identical=False,
+                                                             chunks_compared=10, chunks_mismatched=2, rounds=3)
+    r = await cli("verify", "v1", address=addr)
+    assert r.rc == 1 and "vdisk v1: NOT identical" in r.out
+    assert r.err.startswith("liftshift: vdisk v1 is not identical to its shadow after 3 round(s)")
+    r = await cli("--json", "verify", "v9", address=addr)
+    assert r.rc == 3 and r.error() == {"type": "NotFound", "message": "no vdisk 'v9' is replicated by this daemon",
+                                       "hint": "known: v1"}
+
+
+# ---- exit codes --------------------------------------------------------------------
+
+@pytest.mark.parametrize("error, rc", [
+    (errors.InvalidArgument("bad"), 3),
+    (errors.NotFound("missing"), 3),
+    (errors.AlreadyExists("twice"), 3),
+    (errors.FailedPrecondition("not now"), 3),
+    (errors.OutOfRange("too far"), 3),
+    (errors.PermissionDenied("no"), 3),
+    (errors.Unavailable("vCenter does not answer"), 4),
+    (errors.TooLarge("too big"), 1),
+    (errors.LiftshiftError("internal trouble"), 1),
+])
+async def test_exit_code_per_error_type(error: errors.LiftshiftError, rc: int,
+                                        fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    error.hint = f"do something about {error.message}"
+    fake.fail["ListVms"] = error
+    r = await cli("inventory", address=addr)
+    assert r.rc == rc
+    assert r.out == ""
+    assert r.err.splitlines() == [f"liftshift: {error.message}", f"  hint: do something about {error.message}"]
+    r = await cli("--json", "inventory", address=addr)
+    assert r.rc == rc
+    assert r.error() == {"type": type(error).__name__, "message": error.message,
+                         "hint": f"do something about {error.message}"}
+
+
+async def test_unreachable_daemon_exits_4_naming_the_address() -> None:
+    addr = f"127.0.0.1:{free_port()}"
+    r = await cli("migrate", "list", address=addr)
+    assert r.rc == 4 and r.out == ""
+    first, hint = r.err.splitlines()
+    assert first.startswith(f"liftshift: cannot reach the liftshift daemon at {addr}")
+    assert hint == f"  hint: check that liftshift-daemon is running and listening on {addr}"
+    r = await cli("--json", "status", "--watch", address=addr)
+    assert r.rc == 4 and r.error()["type"] == "Unavailable" and addr in r.error()["hint"]
+
+
+async def test_a_slow_daemon_exits_4_after_the_timeout(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    fake.delay["ListVms"] = 3
+    r = await cli("--timeout", "0.5", "inventory", address=addr)
+    assert r.rc == 4
+    assert r.err.splitlines()[0] == f"liftshift: the liftshift daemon at {addr} did not answer within 0.5 s"
