@@ -1,14 +1,16 @@
 """The source daemon's Control service (what the CLI calls).
 
-This issue's part of it: the replication state of every vdisk, and the
-verification routine (compare by XXH3-128 per chunk, re-send what differs,
-compare again) that tests use now and cutover uses later.
+A thin adapter: inventory comes from the platform, migrations from
+:class:`~liftshift.daemon.migrations.Migrations`; the low-level calls give
+the replication state of every vdisk and the verification routine (compare
+by XXH3-128 per chunk, re-send what differs, compare again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -16,6 +18,9 @@ from liftshift.v1 import control_pb2 as cpb
 from liftshift.v1 import control_pb2_grpc
 
 from .errors import FailedPrecondition, InvalidArgument, NotFound
+from .lifecycle import FINAL
+from .migrations import Migrations
+from .platform import Platform
 from .vdisk import VdiskReplicator
 
 _STATES = {"copying": cpb.REPLICATION_STATE_COPYING, "converged": cpb.REPLICATION_STATE_CONVERGED,
@@ -81,8 +86,16 @@ async def wait_drained(r: VdiskReplicator, timeout: float = 600) -> None:
 class ControlServicer(control_pb2_grpc.ControlServicer):
     """Control RPCs over the daemon's replicators."""
 
-    def __init__(self, replicators: dict[str, VdiskReplicator]) -> None:
+    def __init__(self, replicators: dict[str, VdiskReplicator], platform: Platform | None = None,
+                 migrations: Migrations | None = None) -> None:
         self.replicators = replicators
+        self.platform = platform
+        self.migrations = migrations
+
+    def _m(self) -> Migrations:
+        if self.migrations is None or self.platform is None:
+            raise FailedPrecondition("this daemon runs no platform")
+        return self.migrations
 
     def _get(self, vdisk_id: str) -> VdiskReplicator:
         if not vdisk_id:
@@ -100,3 +113,58 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def VerifyVdisk(self, request: cpb.VerifyVdiskRequest,
                           context: grpc.aio.ServicerContext) -> cpb.VerifyVdiskResponse:
         return await verify(self._get(request.vdisk_id), request.max_rounds or 3)
+
+    async def ListVms(self, request: cpb.ListVmsRequest, context: grpc.aio.ServicerContext) -> cpb.ListVmsResponse:
+        mig = self._m()
+        assert self.platform is not None
+        out = cpb.ListVmsResponse()
+        for info in await self.platform.inventory():
+            m = mig.migration_of(info.name)
+            vm = out.vms.add(name=info.name, platform=info.platform, power_state=mig.vm_power_pb(info.power),
+                             migration_id=m.id if m else "")
+            for d in info.disks:
+                vm.disks.add(name=d.name, size_bytes=d.size, allocated_bytes=d.allocated,
+                             capture_attached=d.capture_attached, image=str(d.image))
+        return out
+
+    async def CreateMigration(self, request: cpb.CreateMigrationRequest,
+                              context: grpc.aio.ServicerContext) -> cpb.Migration:
+        mig = self._m()
+        return mig.describe(await mig.create(request))
+
+    async def StartMigration(self, request: cpb.MigrationRef, context: grpc.aio.ServicerContext) -> cpb.Migration:
+        mig = self._m()
+        return mig.describe(await mig.start_migration(request.migration_id))
+
+    async def PauseMigration(self, request: cpb.MigrationRef, context: grpc.aio.ServicerContext) -> cpb.Migration:
+        mig = self._m()
+        return mig.describe(await mig.pause(request.migration_id))
+
+    async def ResumeMigration(self, request: cpb.MigrationRef, context: grpc.aio.ServicerContext) -> cpb.Migration:
+        mig = self._m()
+        return mig.describe(await mig.resume(request.migration_id))
+
+    async def AbortMigration(self, request: cpb.MigrationRef, context: grpc.aio.ServicerContext) -> cpb.Migration:
+        mig = self._m()
+        return mig.describe(await mig.abort(request.migration_id))
+
+    async def ListMigrations(self, request: cpb.ListMigrationsRequest,
+                             context: grpc.aio.ServicerContext) -> cpb.ListMigrationsResponse:
+        mig = self._m()
+        recs = [m for m in mig.recs.values() if request.all or m.state not in FINAL]
+        return cpb.ListMigrationsResponse(migrations=[mig.describe(m) for m in recs])
+
+    async def GetMigration(self, request: cpb.MigrationRef, context: grpc.aio.ServicerContext) -> cpb.Migration:
+        mig = self._m()
+        return mig.describe(mig.get(request.migration_id))
+
+    async def Watch(self, request: cpb.WatchRequest,
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[cpb.MigrationEvent]:
+        mig = self._m()
+        async for ev in mig.watch(request.migration_id, (request.interval_ms or 500) / 1000):
+            yield ev
+
+    async def Cutover(self, request: cpb.CutoverRequest, context: grpc.aio.ServicerContext) -> cpb.CutoverResponse:
+        mig = self._m()
+        m, reports = await mig.cutover(request)
+        return cpb.CutoverResponse(migration=mig.describe(m), reports=reports)

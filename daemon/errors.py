@@ -20,6 +20,7 @@ import grpc
 log = logging.getLogger("liftshift.errors")
 
 ERROR_KEY = "liftshift-error"
+HINT_KEY = "liftshift-hint"
 
 
 class LiftshiftError(Exception):
@@ -137,11 +138,13 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str, str]:
 
 def from_rpc_error(err: grpc.RpcError) -> LiftshiftError:
     """Rebuild the typed error a server raised from the RPC error the client got."""
-    name = None
+    name = hint = None
     md = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
     for key, value in md or ():
         if key == ERROR_KEY:
             name = value
+        elif key == HINT_KEY:
+            hint = value
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else None) or str(err)
     cls = error_class(name) if name else None
@@ -152,7 +155,14 @@ def from_rpc_error(err: grpc.RpcError) -> LiftshiftError:
         # the general one, not whichever subclass happened to register first.
         cls = Unavailable if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else \
             _GENERAL_BY_CODE.get(code) or next((c for c in _BY_NAME.values() if c.code == code), LiftshiftError)
-    return cls(details)
+    if hint:
+        # The status message carries the hint too, for clients that only see it.
+        details = details.removesuffix(f" (hint: {hint})")
+    # Built without the subclass's own __init__ (IllegalTransition takes a
+    # state and an event): the client gets the class, message and hint.
+    err = cls.__new__(cls)
+    LiftshiftError.__init__(err, details, hint=hint)
+    return err
 
 
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
@@ -161,7 +171,10 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
         log.warning("%s refused: %s: %s", method, name, message)
     else:
         log.exception("%s failed", method, exc_info=exc)
-    context.set_trailing_metadata(((ERROR_KEY, name),))
+    md: tuple[tuple[str, str], ...] = ((ERROR_KEY, name),)
+    if isinstance(exc, LiftshiftError) and exc.hint:
+        md += ((HINT_KEY, exc.hint),)
+    context.set_trailing_metadata(md)
     await context.abort(code, message)
 
 

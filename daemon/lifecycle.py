@@ -105,3 +105,22 @@ def transition(state: State, event: Event) -> State:
 def allowed(state: State) -> list[Event]:
     """Events the state accepts, for status displays and docs."""
     return [e for (s, e) in TRANSITIONS if s == state]
+
+
+# How a group's state reads when its VMs differ: the first state on this list
+# that any VM is in (a failure or a cutover in progress is what a person
+# needs to see first; "completed" only when every VM is).
+_SUMMARY_ORDER = (S.FAILED, S.CUTTING_OVER, S.PAUSED, S.CREATED, S.SYNCING, S.CONVERGED, S.COMPLETED, S.ABORTED)
+
+
+def summarize(states: list[State]) -> State:
+    """The state of a migration whose VMs are in ``states``.
+
+    Aborted VMs count only when every VM is aborted; a migration with some
+    VMs completed and the others aborted reads as completed.
+    """
+    live: list[State] = [s for s in states if s is not S.ABORTED] or list(states)
+    for s in _SUMMARY_ORDER:
+        if s in live:
+            return s
+    return S.CREATED

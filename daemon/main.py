@@ -13,7 +13,9 @@ from liftshift.v1 import control_pb2, control_pb2_grpc
 from . import config, service
 from .control import ControlServicer
 from .errors import LiftshiftError
+from .migrations import Migrations
 from .settings import DaemonConfig
+from .sim import SimPlatform
 from .state import StateStore
 from .vdisk import VdiskReplicator
 
@@ -26,28 +28,35 @@ async def serve(cfg: DaemonConfig, port_file: Path | None) -> None:
     replicators: dict[str, VdiskReplicator] = {}
     server = service.make_server(cfg.max_message)
 
+    platform = SimPlatform(cfg.sim, cfg.sim.dir or cfg.state_dir / "sim", cfg.max_message)
+    migrations = Migrations(cfg, store, platform, replicators)
+
     async def start():  # type: ignore[no-untyped-def]
         for spec in cfg.replicate:
             replicators[spec.vdisk_id] = VdiskReplicator(spec, cfg, store)
-        control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(replicators), server)
+        await platform.power_on_all()
+        control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(replicators, platform, migrations), server)
         names = [control_pb2.DESCRIPTOR.services_by_name["Control"].full_name]
         hs = service.add_health_and_reflection(server, names)
         port = server.add_insecure_port(cfg.listen)
         if port == 0:
             raise LiftshiftError(f"cannot listen on {cfg.listen}")
+        await migrations.start()
         await server.start()
         for r in replicators.values():
             r.start()
         await service.mark_serving(hs, names)
         if port_file is not None:
             port_file.write_text(f"{port}\n")
-        log.info("liftshift-daemon listening on %s (port %d), replicating %d vdisk(s)", cfg.listen, port,
-                 len(replicators))
+        log.info("liftshift-daemon listening on %s (port %d), platform %s with %d VM(s), %d migration(s)",
+                 cfg.listen, port, platform.name, len(platform.vms), len(migrations.recs))
 
         async def stop() -> None:
             await server.stop(5)
+            await migrations.stop()
             for r in replicators.values():
                 await r.stop()
+            await platform.close()
             store.close()
 
         return stop

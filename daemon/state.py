@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS vdisk (
     inflight_bytes INTEGER NOT NULL DEFAULT 0,
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS migration (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    updated REAL NOT NULL
+);
 """
 
 
@@ -90,6 +95,17 @@ class StateStore:
                 "updated=excluded.updated",
                 (vdisk_id, size, sink, int(shadow_zeroed), todo, _pack(dirty), resent_bytes, inflight_bytes,
                  time.time()))
+
+    def save_migration(self, migration_id: str, body: str) -> None:
+        """Store a migration's record (JSON, written by the migrations module)."""
+        with self._lock:
+            self._db.execute("INSERT INTO migration (id, body, updated) VALUES (?,?,?) ON CONFLICT(id) DO UPDATE "
+                             "SET body=excluded.body, updated=excluded.updated", (migration_id, body, time.time()))
+
+    def load_migrations(self) -> list[str]:
+        """Every stored migration record, oldest first."""
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT body FROM migration ORDER BY rowid")]
 
     def close(self) -> None:
         with self._lock:

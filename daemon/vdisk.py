@@ -41,6 +41,7 @@ from .lag import LagWindow
 from .service import grpc_options
 from .settings import DaemonConfig, ReplicateSpec
 from .state import StateStore
+from .verifymap import VerifyMap
 
 log = logging.getLogger("liftshift.daemon.vdisk")
 
@@ -138,6 +139,9 @@ class VdiskReplicator:
         self._channel: grpc.aio.Channel | None = None
         self._stub: replication_pb2_grpc.ReplicationStub | None = None
         self._zero = bytes(bg_chunk)
+        # Set by a migration: chunks proven identical ahead of cutover, which
+        # everything shipped from here on un-proves (see verifymap).
+        self.verify_map: VerifyMap | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -229,6 +233,9 @@ class VdiskReplicator:
                 if self._close_seq is None or not self._close_sent:
                     batch = self.consumer.read_batch(self.cfg.frame_bytes) if self._can_live() else None
                     if batch is not None:
+                        if self.verify_map is not None:
+                            for rec in batch.records():
+                                self.verify_map.touched(rec.offset, rec.length)
                         frame_no += 1
                         await call.write(self._live_frame(frame_no, batch))
                         progressed = True
@@ -242,6 +249,8 @@ class VdiskReplicator:
                     if self.core.read_done(r.plan) is None:
                         frame_no += 1
                         self.core.chunk_sent(frame_no, r.plan)
+                        if self.verify_map is not None:
+                            self.verify_map.touched(r.plan.offset, r.plan.length)
                         await call.write(self._chunk_frame(frame_no, r.plan, data, zero, digest))
                     progressed = True
                 # 3. CLOSE barrier once the CLOSE record is out
@@ -393,6 +402,20 @@ class VdiskReplicator:
         resp = await stub.HashRanges(pb.HashRangesRequest(vdisk_id=self.spec.vdisk_id, offset=offset,
                                                           length=length, chunk_size=chunk), timeout=600)
         local = await asyncio.to_thread(hashing.hash_ranges, self.fd, offset, length, chunk)
+        remote = {(h.offset, h.length): h.xxh3_128 for h in resp.hashes}
+        return [(off, n) for off, n, digest in local if remote.get((off, n)) != digest]
+
+    async def mismatched(self, ranges: list[tuple[int, int]], chunk: int) -> list[tuple[int, int]]:
+        """Chunks of ``ranges`` whose XXH3-128 differs between source and shadow (one call to the sink)."""
+        stub = await self._open()
+        req = pb.HashRangesRequest(vdisk_id=self.spec.vdisk_id, chunk_size=chunk,
+                                   ranges=[pb.ByteRange(offset=o, length=n) for o, n in ranges])
+        remote_call = stub.HashRanges(req, timeout=600)
+
+        def local_hashes() -> list[tuple[int, int, bytes]]:
+            return [h for o, n in ranges for h in hashing.hash_ranges(self.fd, o, n, chunk)]
+
+        local, resp = await asyncio.gather(asyncio.to_thread(local_hashes), remote_call)
         remote = {(h.offset, h.length): h.xxh3_128 for h in resp.hashes}
         return [(off, n) for off, n, digest in local if remote.get((off, n)) != digest]
 

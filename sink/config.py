@@ -50,6 +50,8 @@ class SinkConfig:
     shutdown_grace_s: float = doc(5.0, "On SIGTERM, seconds in-flight RPCs get to finish before they are "
                                        "cancelled; everything applied is then synced.")
     log_level: str = doc("info", "Log level: debug, info, warning or error.")
+    stop_vms_on_exit: bool = doc(False, "Power off the destination VMs this sink started when it stops (demo "
+                                        "and tests); by default they keep running like real VMs.")
 
     @property
     def state_path(self) -> Path:

@@ -28,9 +28,10 @@ import grpc
 from liftshift.daemon import service
 from liftshift.daemon.errors import InvalidArgument, OutOfRange, TooLarge, Unavailable
 from liftshift.daemon.hashing import hash_ranges
+from liftshift.v1 import destination_pb2_grpc, replication_pb2_grpc
 from liftshift.v1 import replication_pb2 as pb
-from liftshift.v1 import replication_pb2_grpc
 
+from . import destination
 from .config import SinkConfig
 from .registry import VdiskRegistry
 from .shadow import check_migration_id, check_size, check_vdisk_id
@@ -107,18 +108,21 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
         """XXH3-128 of each ``chunk_size`` piece of a range of the shadow."""
         shadow = await self.registry.get(request.vdisk_id)
         size = shadow.row.size_bytes
-        offset, length, chunk = request.offset, request.length, request.chunk_size
+        chunk = request.chunk_size
         if chunk == 0:
             raise InvalidArgument("HashRanges chunk_size must be positive")
-        if offset + length > size:
-            raise OutOfRange(f"HashRanges [{offset}, {offset + length}) runs past the end of the {size}-byte vdisk "
-                             f"{request.vdisk_id!r}")
-        pieces = -(-length // chunk)
+        ranges = [(r.offset, r.length) for r in request.ranges] or [(request.offset, request.length)]
+        pieces = 0
+        for offset, length in ranges:
+            if offset + length > size:
+                raise OutOfRange(f"HashRanges [{offset}, {offset + length}) runs past the end of the {size}-byte "
+                                 f"vdisk {request.vdisk_id!r}")
+            pieces += -(-length // chunk)
         limit = min(self.config.max_hash_chunks, self.config.max_message // _HASH_ENTRY_BYTES)
         if pieces > limit:
             raise TooLarge(f"HashRanges asks for {pieces} chunks; this sink answers at most {limit} per call",
                            hint="split the range or use a larger chunk_size")
-        hashes = await asyncio.to_thread(_hash_file, shadow.row.flat_path, offset, length, chunk)
+        hashes = await asyncio.to_thread(_hash_ranges, shadow.row.flat_path, ranges, chunk)
         return pb.HashRangesResponse(hashes=[pb.ChunkHash(offset=o, length=n, xxh3_128=d) for o, n, d in hashes])
 
     async def ListVdisks(self, request: pb.ListVdisksRequest,
@@ -136,11 +140,11 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
         return pb.ListVdisksResponse(vdisks=infos)
 
 
-def _hash_file(path: os.PathLike[str], offset: int, length: int, chunk: int) -> list[tuple[int, int, bytes]]:
+def _hash_ranges(path: os.PathLike[str], ranges: list[tuple[int, int]], chunk: int) -> list[tuple[int, int, bytes]]:
     # A descriptor of its own: the applier's may be replaced while we read.
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return hash_ranges(fd, offset, length, chunk)
+        return [h for offset, length in ranges for h in hash_ranges(fd, offset, length, chunk)]
     finally:
         os.close(fd)
 
@@ -155,7 +159,10 @@ class SinkServer:
         self.registry = VdiskRegistry(self.state, config.data_dir)
         self.server = service.make_server(config.max_message)
         replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationServicer(self.registry, config), self.server)
-        self.health = service.add_health_and_reflection(self.server, [SERVICE_NAME])
+        self.destination = destination.DestinationServicer(self.registry, config.state_path / "vms")
+        destination_pb2_grpc.add_DestinationServicer_to_server(self.destination, self.server)
+        self.services = [SERVICE_NAME, destination.SERVICE_NAME]
+        self.health = service.add_health_and_reflection(self.server, self.services)
         self.port = 0
 
     async def start(self) -> int:
@@ -168,7 +175,7 @@ class SinkServer:
         if self.port == 0:
             raise Unavailable(f"cannot listen on {self.config.listen}")
         await self.server.start()
-        await service.mark_serving(self.health, [SERVICE_NAME])
+        await service.mark_serving(self.health, self.services)
         log.info("sink serving on %s (port %d), data in %s", self.config.listen, self.port, self.config.data_dir)
         return self.port
 
@@ -180,5 +187,7 @@ class SinkServer:
         await self.registry.stop_streams(Unavailable("the sink is shutting down", hint="reconnect and resume "
                                                      "from durable_seq"), grace)
         await self.server.stop(grace)
+        if self.config.stop_vms_on_exit:
+            await self.destination.power_off_all()
         await self.registry.close()
         log.info("sink stopped")

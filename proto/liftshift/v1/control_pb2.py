@@ -22,27 +22,66 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from liftshift.v1 import common_pb2 as liftshift_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aliftshift/v1/control.proto\x12\x0cliftshift.v1\"\x19\n\x17ListReplicationsRequest\"\x96\x04\n\x10VdiskReplication\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x0c\n\x04sink\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.liftshift.v1.ReplicationState\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16\x62\x61\x63kground_total_bytes\x18\x06 \x01(\x04\x12\x1d\n\x15\x62\x61\x63kground_done_bytes\x18\x07 \x01(\x04\x12\x12\n\nlive_bytes\x18\x08 \x01(\x04\x12\x14\n\x0clive_records\x18\t \x01(\x04\x12\x13\n\x0b\x64irty_bytes\x18\n \x01(\x04\x12\x13\n\x0blag_seconds\x18\x0b \x01(\x01\x12\x13\n\x0bshipped_seq\x18\x0c \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\r \x01(\x04\x12\x14\n\x0cresent_bytes\x18\x0e \x01(\x04\x12\x18\n\x10\x64iscarded_chunks\x18\x0f \x01(\x04\x12\x12\n\nreconnects\x18\x10 \x01(\x04\x12\x16\n\x0ering_overflows\x18\x11 \x01(\x04\x12\x12\n\nlast_error\x18\x12 \x01(\t\x12\x18\n\x10\x63hunk_bytes_sent\x18\x13 \x01(\x04\x12\x17\n\x0flag_p50_seconds\x18\x14 \x01(\x01\x12\x17\n\x0flag_p99_seconds\x18\x15 \x01(\x01\x12\x13\n\x0blag_samples\x18\x16 \x01(\x04\"J\n\x18ListReplicationsResponse\x12.\n\x06vdisks\x18\x01 \x03(\x0b\x32\x1e.liftshift.v1.VdiskReplication\":\n\x12VerifyVdiskRequest\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x12\n\nmax_rounds\x18\x02 \x01(\r\"\xa8\x01\n\x13VerifyVdiskResponse\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x11\n\tidentical\x18\x02 \x01(\x08\x12\x17\n\x0f\x63hunks_compared\x18\x03 \x01(\x04\x12\x19\n\x11\x63hunks_mismatched\x18\x04 \x01(\x04\x12\x17\n\x0f\x63hunks_repaired\x18\x05 \x01(\x04\x12\x0e\n\x06rounds\x18\x06 \x01(\r\x12\x0f\n\x07seconds\x18\x07 \x01(\x01*\x93\x01\n\x10ReplicationState\x12!\n\x1dREPLICATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19REPLICATION_STATE_COPYING\x10\x01\x12\x1f\n\x1bREPLICATION_STATE_CONVERGED\x10\x02\x12\x1c\n\x18REPLICATION_STATE_CLOSED\x10\x03\x32\xc0\x01\n\x07\x43ontrol\x12\x61\n\x10ListReplications\x12%.liftshift.v1.ListReplicationsRequest\x1a&.liftshift.v1.ListReplicationsResponse\x12R\n\x0bVerifyVdisk\x12 .liftshift.v1.VerifyVdiskRequest\x1a!.liftshift.v1.VerifyVdiskResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aliftshift/v1/control.proto\x12\x0cliftshift.v1\x1a\x19liftshift/v1/common.proto\"\x19\n\x17ListReplicationsRequest\"\x96\x04\n\x10VdiskReplication\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x0c\n\x04sink\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.liftshift.v1.ReplicationState\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16\x62\x61\x63kground_total_bytes\x18\x06 \x01(\x04\x12\x1d\n\x15\x62\x61\x63kground_done_bytes\x18\x07 \x01(\x04\x12\x12\n\nlive_bytes\x18\x08 \x01(\x04\x12\x14\n\x0clive_records\x18\t \x01(\x04\x12\x13\n\x0b\x64irty_bytes\x18\n \x01(\x04\x12\x13\n\x0blag_seconds\x18\x0b \x01(\x01\x12\x13\n\x0bshipped_seq\x18\x0c \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\r \x01(\x04\x12\x14\n\x0cresent_bytes\x18\x0e \x01(\x04\x12\x18\n\x10\x64iscarded_chunks\x18\x0f \x01(\x04\x12\x12\n\nreconnects\x18\x10 \x01(\x04\x12\x16\n\x0ering_overflows\x18\x11 \x01(\x04\x12\x12\n\nlast_error\x18\x12 \x01(\t\x12\x18\n\x10\x63hunk_bytes_sent\x18\x13 \x01(\x04\x12\x17\n\x0flag_p50_seconds\x18\x14 \x01(\x01\x12\x17\n\x0flag_p99_seconds\x18\x15 \x01(\x01\x12\x13\n\x0blag_samples\x18\x16 \x01(\x04\"J\n\x18ListReplicationsResponse\x12.\n\x06vdisks\x18\x01 \x03(\x0b\x32\x1e.liftshift.v1.VdiskReplication\":\n\x12VerifyVdiskRequest\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x12\n\nmax_rounds\x18\x02 \x01(\r\"\xa8\x01\n\x13VerifyVdiskResponse\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x11\n\tidentical\x18\x02 \x01(\x08\x12\x17\n\x0f\x63hunks_compared\x18\x03 \x01(\x04\x12\x19\n\x11\x63hunks_mismatched\x18\x04 \x01(\x04\x12\x17\n\x0f\x63hunks_repaired\x18\x05 \x01(\x04\x12\x0e\n\x06rounds\x18\x06 \x01(\r\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\"\x10\n\x0eListVmsRequest\"l\n\x06VmDisk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x17\n\x0f\x61llocated_bytes\x18\x03 \x01(\x04\x12\x18\n\x10\x63\x61pture_attached\x18\x04 \x01(\x08\x12\r\n\x05image\x18\x05 \x01(\t\"\x8e\x01\n\x02Vm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12-\n\x0bpower_state\x18\x03 \x01(\x0e\x32\x18.liftshift.v1.PowerState\x12#\n\x05\x64isks\x18\x04 \x03(\x0b\x32\x14.liftshift.v1.VmDisk\x12\x14\n\x0cmigration_id\x18\x05 \x01(\t\"0\n\x0fListVmsResponse\x12\x1d\n\x03vms\x18\x01 \x03(\x0b\x32\x10.liftshift.v1.Vm\"\xd8\x01\n\x16\x43reateMigrationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03vms\x18\x02 \x03(\t\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12)\n\x04type\x18\x04 \x01(\x0e\x32\x1b.liftshift.v1.MigrationType\x12\x14\n\x0c\x61uto_cutover\x18\x05 \x01(\x08\x12 \n\x18\x63onverge_threshold_bytes\x18\x06 \x01(\x04\x12\x1c\n\x14throttle_bytes_per_s\x18\x07 \x01(\x04\x12\r\n\x05start\x18\x08 \x01(\x08\"$\n\x0cMigrationRef\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"\xa5\x03\n\rVdiskProgress\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08vdisk_id\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.liftshift.v1.ReplicationState\x12\x11\n\tconnected\x18\x05 \x01(\x08\x12\x1e\n\x16\x62\x61\x63kground_total_bytes\x18\x06 \x01(\x04\x12\x1d\n\x15\x62\x61\x63kground_done_bytes\x18\x07 \x01(\x04\x12\x12\n\nlive_bytes\x18\x08 \x01(\x04\x12\x14\n\x0clive_records\x18\t \x01(\x04\x12\x13\n\x0b\x64irty_bytes\x18\n \x01(\x04\x12\x15\n\rbacklog_bytes\x18\x0b \x01(\x04\x12\x13\n\x0blag_seconds\x18\x0c \x01(\x01\x12\x1d\n\x15\x62\x61ndwidth_bytes_per_s\x18\r \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x0e \x01(\x01\x12\x14\n\x0cresent_bytes\x18\x0f \x01(\x04\x12\x16\n\x0ering_overflows\x18\x10 \x01(\x04\x12\x12\n\nlast_error\x18\x11 \x01(\t\"\xac\x02\n\rCutoverReport\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x11\n\tidentical\x18\x02 \x01(\x08\x12\x18\n\x10\x64owntime_seconds\x18\x03 \x01(\x01\x12\x14\n\x0cstop_seconds\x18\x04 \x01(\x01\x12\x15\n\rdrain_seconds\x18\x05 \x01(\x01\x12\x16\n\x0everify_seconds\x18\x06 \x01(\x01\x12\x18\n\x10power_on_seconds\x18\x07 \x01(\x01\x12\x17\n\x0f\x63hunks_verified\x18\x08 \x01(\x04\x12\x1a\n\x12\x63hunks_preverified\x18\t \x01(\x04\x12\x17\n\x0f\x63hunks_repaired\x18\n \x01(\x04\x12\x16\n\x0eresidual_bytes\x18\x0b \x01(\x04\x12\x0e\n\x06\x66orced\x18\x0c \x01(\x08\x12\r\n\x05\x65rror\x18\r \x01(\t\"\xdc\x01\n\x0bVmMigration\x12\n\n\x02vm\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.liftshift.v1.MigrationState\x12+\n\x06vdisks\x18\x03 \x03(\x0b\x32\x1b.liftshift.v1.VdiskProgress\x12\x15\n\rbacklog_bytes\x18\x04 \x01(\x04\x12\x13\n\x0b\x65ta_seconds\x18\x05 \x01(\x01\x12,\n\x07\x63utover\x18\x06 \x01(\x0b\x32\x1b.liftshift.v1.CutoverReport\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xfd\x02\n\tMigration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x04type\x18\x03 \x01(\x0e\x32\x1b.liftshift.v1.MigrationType\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\x12+\n\x05state\x18\x05 \x01(\x0e\x32\x1c.liftshift.v1.MigrationState\x12\x14\n\x0c\x61uto_cutover\x18\x06 \x01(\x08\x12 \n\x18\x63onverge_threshold_bytes\x18\x07 \x01(\x04\x12\x1c\n\x14throttle_bytes_per_s\x18\x08 \x01(\x04\x12&\n\x03vms\x18\t \x03(\x0b\x32\x19.liftshift.v1.VmMigration\x12\x12\n\ncreated_at\x18\n \x01(\x01\x12\x12\n\nupdated_at\x18\x0b \x01(\x01\x12\x1d\n\x15\x62\x61ndwidth_bytes_per_s\x18\x0c \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\r \x01(\x01\x12\x0f\n\x07\x61llowed\x18\x0e \x03(\t\"$\n\x15ListMigrationsRequest\x12\x0b\n\x03\x61ll\x18\x01 \x01(\x08\"E\n\x16ListMigrationsResponse\x12+\n\nmigrations\x18\x01 \x03(\x0b\x32\x17.liftshift.v1.Migration\"9\n\x0cWatchRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x13\n\x0binterval_ms\x18\x02 \x01(\r\"\xd1\x01\n\x0eMigrationEvent\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\n\n\x02vm\x18\x03 \x01(\t\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.liftshift.v1.EventKind\x12+\n\x05state\x18\x05 \x01(\x0e\x32\x1c.liftshift.v1.MigrationState\x12\x0f\n\x07message\x18\x06 \x01(\t\x12*\n\tmigration\x18\x07 \x01(\x0b\x32\x17.liftshift.v1.Migration\"l\n\x0e\x43utoverRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x0c\n\x02vm\x18\x02 \x01(\tH\x00\x12\x0f\n\x05group\x18\x03 \x01(\x08H\x00\x12\x0e\n\x04\x61uto\x18\x04 \x01(\x08H\x00\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\x42\x06\n\x04what\"k\n\x0f\x43utoverResponse\x12*\n\tmigration\x18\x01 \x01(\x0b\x32\x17.liftshift.v1.Migration\x12,\n\x07reports\x18\x02 \x03(\x0b\x32\x1b.liftshift.v1.CutoverReport*\x93\x01\n\x10ReplicationState\x12!\n\x1dREPLICATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19REPLICATION_STATE_COPYING\x10\x01\x12\x1f\n\x1bREPLICATION_STATE_CONVERGED\x10\x02\x12\x1c\n\x18REPLICATION_STATE_CLOSED\x10\x03*H\n\rMigrationType\x12\x1e\n\x1aMIGRATION_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13MIGRATION_TYPE_LIVE\x10\x01*\xa0\x02\n\x0eMigrationState\x12\x1f\n\x1bMIGRATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MIGRATION_STATE_CREATED\x10\x01\x12\x1b\n\x17MIGRATION_STATE_SYNCING\x10\x02\x12\x1d\n\x19MIGRATION_STATE_CONVERGED\x10\x03\x12\x1a\n\x16MIGRATION_STATE_PAUSED\x10\x04\x12 \n\x1cMIGRATION_STATE_CUTTING_OVER\x10\x05\x12\x1d\n\x19MIGRATION_STATE_COMPLETED\x10\x06\x12\x1a\n\x16MIGRATION_STATE_FAILED\x10\x07\x12\x1b\n\x17MIGRATION_STATE_ABORTED\x10\x08*\x91\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_KIND_PROGRESS\x10\x01\x12\x1c\n\x18\x45VENT_KIND_STATE_CHANGED\x10\x02\x12\x1b\n\x17\x45VENT_KIND_CUTOVER_STEP\x10\x03\x12\x14\n\x10\x45VENT_KIND_ERROR\x10\x04\x32\xa6\x07\n\x07\x43ontrol\x12\x61\n\x10ListReplications\x12%.liftshift.v1.ListReplicationsRequest\x1a&.liftshift.v1.ListReplicationsResponse\x12R\n\x0bVerifyVdisk\x12 .liftshift.v1.VerifyVdiskRequest\x1a!.liftshift.v1.VerifyVdiskResponse\x12\x46\n\x07ListVms\x12\x1c.liftshift.v1.ListVmsRequest\x1a\x1d.liftshift.v1.ListVmsResponse\x12P\n\x0f\x43reateMigration\x12$.liftshift.v1.CreateMigrationRequest\x1a\x17.liftshift.v1.Migration\x12\x45\n\x0eStartMigration\x12\x1a.liftshift.v1.MigrationRef\x1a\x17.liftshift.v1.Migration\x12\x45\n\x0ePauseMigration\x12\x1a.liftshift.v1.MigrationRef\x1a\x17.liftshift.v1.Migration\x12\x46\n\x0fResumeMigration\x12\x1a.liftshift.v1.MigrationRef\x1a\x17.liftshift.v1.Migration\x12\x45\n\x0e\x41\x62ortMigration\x12\x1a.liftshift.v1.MigrationRef\x1a\x17.liftshift.v1.Migration\x12[\n\x0eListMigrations\x12#.liftshift.v1.ListMigrationsRequest\x1a$.liftshift.v1.ListMigrationsResponse\x12\x43\n\x0cGetMigration\x12\x1a.liftshift.v1.MigrationRef\x1a\x17.liftshift.v1.Migration\x12\x43\n\x05Watch\x12\x1a.liftshift.v1.WatchRequest\x1a\x1c.liftshift.v1.MigrationEvent0\x01\x12\x46\n\x07\x43utover\x12\x1c.liftshift.v1.CutoverRequest\x1a\x1d.liftshift.v1.CutoverResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'liftshift.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICATIONSTATE']._serialized_start=916
-  _globals['_REPLICATIONSTATE']._serialized_end=1063
-  _globals['_LISTREPLICATIONSREQUEST']._serialized_start=44
-  _globals['_LISTREPLICATIONSREQUEST']._serialized_end=69
-  _globals['_VDISKREPLICATION']._serialized_start=72
-  _globals['_VDISKREPLICATION']._serialized_end=606
-  _globals['_LISTREPLICATIONSRESPONSE']._serialized_start=608
-  _globals['_LISTREPLICATIONSRESPONSE']._serialized_end=682
-  _globals['_VERIFYVDISKREQUEST']._serialized_start=684
-  _globals['_VERIFYVDISKREQUEST']._serialized_end=742
-  _globals['_VERIFYVDISKRESPONSE']._serialized_start=745
-  _globals['_VERIFYVDISKRESPONSE']._serialized_end=913
-  _globals['_CONTROL']._serialized_start=1066
-  _globals['_CONTROL']._serialized_end=1258
+  _globals['_REPLICATIONSTATE']._serialized_start=3456
+  _globals['_REPLICATIONSTATE']._serialized_end=3603
+  _globals['_MIGRATIONTYPE']._serialized_start=3605
+  _globals['_MIGRATIONTYPE']._serialized_end=3677
+  _globals['_MIGRATIONSTATE']._serialized_start=3680
+  _globals['_MIGRATIONSTATE']._serialized_end=3968
+  _globals['_EVENTKIND']._serialized_start=3971
+  _globals['_EVENTKIND']._serialized_end=4116
+  _globals['_LISTREPLICATIONSREQUEST']._serialized_start=71
+  _globals['_LISTREPLICATIONSREQUEST']._serialized_end=96
+  _globals['_VDISKREPLICATION']._serialized_start=99
+  _globals['_VDISKREPLICATION']._serialized_end=633
+  _globals['_LISTREPLICATIONSRESPONSE']._serialized_start=635
+  _globals['_LISTREPLICATIONSRESPONSE']._serialized_end=709
+  _globals['_VERIFYVDISKREQUEST']._serialized_start=711
+  _globals['_VERIFYVDISKREQUEST']._serialized_end=769
+  _globals['_VERIFYVDISKRESPONSE']._serialized_start=772
+  _globals['_VERIFYVDISKRESPONSE']._serialized_end=940
+  _globals['_LISTVMSREQUEST']._serialized_start=942
+  _globals['_LISTVMSREQUEST']._serialized_end=958
+  _globals['_VMDISK']._serialized_start=960
+  _globals['_VMDISK']._serialized_end=1068
+  _globals['_VM']._serialized_start=1071
+  _globals['_VM']._serialized_end=1213
+  _globals['_LISTVMSRESPONSE']._serialized_start=1215
+  _globals['_LISTVMSRESPONSE']._serialized_end=1263
+  _globals['_CREATEMIGRATIONREQUEST']._serialized_start=1266
+  _globals['_CREATEMIGRATIONREQUEST']._serialized_end=1482
+  _globals['_MIGRATIONREF']._serialized_start=1484
+  _globals['_MIGRATIONREF']._serialized_end=1520
+  _globals['_VDISKPROGRESS']._serialized_start=1523
+  _globals['_VDISKPROGRESS']._serialized_end=1944
+  _globals['_CUTOVERREPORT']._serialized_start=1947
+  _globals['_CUTOVERREPORT']._serialized_end=2247
+  _globals['_VMMIGRATION']._serialized_start=2250
+  _globals['_VMMIGRATION']._serialized_end=2470
+  _globals['_MIGRATION']._serialized_start=2473
+  _globals['_MIGRATION']._serialized_end=2854
+  _globals['_LISTMIGRATIONSREQUEST']._serialized_start=2856
+  _globals['_LISTMIGRATIONSREQUEST']._serialized_end=2892
+  _globals['_LISTMIGRATIONSRESPONSE']._serialized_start=2894
+  _globals['_LISTMIGRATIONSRESPONSE']._serialized_end=2963
+  _globals['_WATCHREQUEST']._serialized_start=2965
+  _globals['_WATCHREQUEST']._serialized_end=3022
+  _globals['_MIGRATIONEVENT']._serialized_start=3025
+  _globals['_MIGRATIONEVENT']._serialized_end=3234
+  _globals['_CUTOVERREQUEST']._serialized_start=3236
+  _globals['_CUTOVERREQUEST']._serialized_end=3344
+  _globals['_CUTOVERRESPONSE']._serialized_start=3346
+  _globals['_CUTOVERRESPONSE']._serialized_end=3453
+  _globals['_CONTROL']._serialized_start=4119
+  _globals['_CONTROL']._serialized_end=5053
 # @@protoc_insertion_point(module_scope)

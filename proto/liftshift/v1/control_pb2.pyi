@@ -1,3 +1,4 @@
+from liftshift.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -13,10 +14,51 @@ class ReplicationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REPLICATION_STATE_COPYING: _ClassVar[ReplicationState]
     REPLICATION_STATE_CONVERGED: _ClassVar[ReplicationState]
     REPLICATION_STATE_CLOSED: _ClassVar[ReplicationState]
+
+class MigrationType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MIGRATION_TYPE_UNSPECIFIED: _ClassVar[MigrationType]
+    MIGRATION_TYPE_LIVE: _ClassVar[MigrationType]
+
+class MigrationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MIGRATION_STATE_UNSPECIFIED: _ClassVar[MigrationState]
+    MIGRATION_STATE_CREATED: _ClassVar[MigrationState]
+    MIGRATION_STATE_SYNCING: _ClassVar[MigrationState]
+    MIGRATION_STATE_CONVERGED: _ClassVar[MigrationState]
+    MIGRATION_STATE_PAUSED: _ClassVar[MigrationState]
+    MIGRATION_STATE_CUTTING_OVER: _ClassVar[MigrationState]
+    MIGRATION_STATE_COMPLETED: _ClassVar[MigrationState]
+    MIGRATION_STATE_FAILED: _ClassVar[MigrationState]
+    MIGRATION_STATE_ABORTED: _ClassVar[MigrationState]
+
+class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_KIND_UNSPECIFIED: _ClassVar[EventKind]
+    EVENT_KIND_PROGRESS: _ClassVar[EventKind]
+    EVENT_KIND_STATE_CHANGED: _ClassVar[EventKind]
+    EVENT_KIND_CUTOVER_STEP: _ClassVar[EventKind]
+    EVENT_KIND_ERROR: _ClassVar[EventKind]
 REPLICATION_STATE_UNSPECIFIED: ReplicationState
 REPLICATION_STATE_COPYING: ReplicationState
 REPLICATION_STATE_CONVERGED: ReplicationState
 REPLICATION_STATE_CLOSED: ReplicationState
+MIGRATION_TYPE_UNSPECIFIED: MigrationType
+MIGRATION_TYPE_LIVE: MigrationType
+MIGRATION_STATE_UNSPECIFIED: MigrationState
+MIGRATION_STATE_CREATED: MigrationState
+MIGRATION_STATE_SYNCING: MigrationState
+MIGRATION_STATE_CONVERGED: MigrationState
+MIGRATION_STATE_PAUSED: MigrationState
+MIGRATION_STATE_CUTTING_OVER: MigrationState
+MIGRATION_STATE_COMPLETED: MigrationState
+MIGRATION_STATE_FAILED: MigrationState
+MIGRATION_STATE_ABORTED: MigrationState
+EVENT_KIND_UNSPECIFIED: EventKind
+EVENT_KIND_PROGRESS: EventKind
+EVENT_KIND_STATE_CHANGED: EventKind
+EVENT_KIND_CUTOVER_STEP: EventKind
+EVENT_KIND_ERROR: EventKind
 
 class ListReplicationsRequest(_message.Message):
     __slots__ = ()
@@ -101,3 +143,245 @@ class VerifyVdiskResponse(_message.Message):
     rounds: int
     seconds: float
     def __init__(self, vdisk_id: _Optional[str] = ..., identical: _Optional[bool] = ..., chunks_compared: _Optional[int] = ..., chunks_mismatched: _Optional[int] = ..., chunks_repaired: _Optional[int] = ..., rounds: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class ListVmsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VmDisk(_message.Message):
+    __slots__ = ("name", "size_bytes", "allocated_bytes", "capture_attached", "image")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_ATTACHED_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size_bytes: int
+    allocated_bytes: int
+    capture_attached: bool
+    image: str
+    def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., capture_attached: _Optional[bool] = ..., image: _Optional[str] = ...) -> None: ...
+
+class Vm(_message.Message):
+    __slots__ = ("name", "platform", "power_state", "disks", "migration_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    POWER_STATE_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    platform: str
+    power_state: _common_pb2.PowerState
+    disks: _containers.RepeatedCompositeFieldContainer[VmDisk]
+    migration_id: str
+    def __init__(self, name: _Optional[str] = ..., platform: _Optional[str] = ..., power_state: _Optional[_Union[_common_pb2.PowerState, str]] = ..., disks: _Optional[_Iterable[_Union[VmDisk, _Mapping]]] = ..., migration_id: _Optional[str] = ...) -> None: ...
+
+class ListVmsResponse(_message.Message):
+    __slots__ = ("vms",)
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    vms: _containers.RepeatedCompositeFieldContainer[Vm]
+    def __init__(self, vms: _Optional[_Iterable[_Union[Vm, _Mapping]]] = ...) -> None: ...
+
+class CreateMigrationRequest(_message.Message):
+    __slots__ = ("name", "vms", "destination", "type", "auto_cutover", "converge_threshold_bytes", "throttle_bytes_per_s", "start")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    AUTO_CUTOVER_FIELD_NUMBER: _ClassVar[int]
+    CONVERGE_THRESHOLD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    vms: _containers.RepeatedScalarFieldContainer[str]
+    destination: str
+    type: MigrationType
+    auto_cutover: bool
+    converge_threshold_bytes: int
+    throttle_bytes_per_s: int
+    start: bool
+    def __init__(self, name: _Optional[str] = ..., vms: _Optional[_Iterable[str]] = ..., destination: _Optional[str] = ..., type: _Optional[_Union[MigrationType, str]] = ..., auto_cutover: _Optional[bool] = ..., converge_threshold_bytes: _Optional[int] = ..., throttle_bytes_per_s: _Optional[int] = ..., start: _Optional[bool] = ...) -> None: ...
+
+class MigrationRef(_message.Message):
+    __slots__ = ("migration_id",)
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
+
+class VdiskProgress(_message.Message):
+    __slots__ = ("name", "vdisk_id", "size_bytes", "state", "connected", "background_total_bytes", "background_done_bytes", "live_bytes", "live_records", "dirty_bytes", "backlog_bytes", "lag_seconds", "bandwidth_bytes_per_s", "eta_seconds", "resent_bytes", "ring_overflows", "last_error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VDISK_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_DONE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LIVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LIVE_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RING_OVERFLOWS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    vdisk_id: str
+    size_bytes: int
+    state: ReplicationState
+    connected: bool
+    background_total_bytes: int
+    background_done_bytes: int
+    live_bytes: int
+    live_records: int
+    dirty_bytes: int
+    backlog_bytes: int
+    lag_seconds: float
+    bandwidth_bytes_per_s: float
+    eta_seconds: float
+    resent_bytes: int
+    ring_overflows: int
+    last_error: str
+    def __init__(self, name: _Optional[str] = ..., vdisk_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., state: _Optional[_Union[ReplicationState, str]] = ..., connected: _Optional[bool] = ..., background_total_bytes: _Optional[int] = ..., background_done_bytes: _Optional[int] = ..., live_bytes: _Optional[int] = ..., live_records: _Optional[int] = ..., dirty_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., bandwidth_bytes_per_s: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., resent_bytes: _Optional[int] = ..., ring_overflows: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class CutoverReport(_message.Message):
+    __slots__ = ("vm", "identical", "downtime_seconds", "stop_seconds", "drain_seconds", "verify_seconds", "power_on_seconds", "chunks_verified", "chunks_preverified", "chunks_repaired", "residual_bytes", "forced", "error")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    IDENTICAL_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STOP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    POWER_ON_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_PREVERIFIED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FORCED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    identical: bool
+    downtime_seconds: float
+    stop_seconds: float
+    drain_seconds: float
+    verify_seconds: float
+    power_on_seconds: float
+    chunks_verified: int
+    chunks_preverified: int
+    chunks_repaired: int
+    residual_bytes: int
+    forced: bool
+    error: str
+    def __init__(self, vm: _Optional[str] = ..., identical: _Optional[bool] = ..., downtime_seconds: _Optional[float] = ..., stop_seconds: _Optional[float] = ..., drain_seconds: _Optional[float] = ..., verify_seconds: _Optional[float] = ..., power_on_seconds: _Optional[float] = ..., chunks_verified: _Optional[int] = ..., chunks_preverified: _Optional[int] = ..., chunks_repaired: _Optional[int] = ..., residual_bytes: _Optional[int] = ..., forced: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class VmMigration(_message.Message):
+    __slots__ = ("vm", "state", "vdisks", "backlog_bytes", "eta_seconds", "cutover", "error")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    VDISKS_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CUTOVER_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    state: MigrationState
+    vdisks: _containers.RepeatedCompositeFieldContainer[VdiskProgress]
+    backlog_bytes: int
+    eta_seconds: float
+    cutover: CutoverReport
+    error: str
+    def __init__(self, vm: _Optional[str] = ..., state: _Optional[_Union[MigrationState, str]] = ..., vdisks: _Optional[_Iterable[_Union[VdiskProgress, _Mapping]]] = ..., backlog_bytes: _Optional[int] = ..., eta_seconds: _Optional[float] = ..., cutover: _Optional[_Union[CutoverReport, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Migration(_message.Message):
+    __slots__ = ("id", "name", "type", "destination", "state", "auto_cutover", "converge_threshold_bytes", "throttle_bytes_per_s", "vms", "created_at", "updated_at", "bandwidth_bytes_per_s", "eta_seconds", "allowed")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    AUTO_CUTOVER_FIELD_NUMBER: _ClassVar[int]
+    CONVERGE_THRESHOLD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    type: MigrationType
+    destination: str
+    state: MigrationState
+    auto_cutover: bool
+    converge_threshold_bytes: int
+    throttle_bytes_per_s: int
+    vms: _containers.RepeatedCompositeFieldContainer[VmMigration]
+    created_at: float
+    updated_at: float
+    bandwidth_bytes_per_s: float
+    eta_seconds: float
+    allowed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[_Union[MigrationType, str]] = ..., destination: _Optional[str] = ..., state: _Optional[_Union[MigrationState, str]] = ..., auto_cutover: _Optional[bool] = ..., converge_threshold_bytes: _Optional[int] = ..., throttle_bytes_per_s: _Optional[int] = ..., vms: _Optional[_Iterable[_Union[VmMigration, _Mapping]]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., bandwidth_bytes_per_s: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., allowed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListMigrationsRequest(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+
+class ListMigrationsResponse(_message.Message):
+    __slots__ = ("migrations",)
+    MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    migrations: _containers.RepeatedCompositeFieldContainer[Migration]
+    def __init__(self, migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("migration_id", "interval_ms")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    interval_ms: int
+    def __init__(self, migration_id: _Optional[str] = ..., interval_ms: _Optional[int] = ...) -> None: ...
+
+class MigrationEvent(_message.Message):
+    __slots__ = ("time", "migration_id", "vm", "kind", "state", "message", "migration")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    migration_id: str
+    vm: str
+    kind: EventKind
+    state: MigrationState
+    message: str
+    migration: Migration
+    def __init__(self, time: _Optional[float] = ..., migration_id: _Optional[str] = ..., vm: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., state: _Optional[_Union[MigrationState, str]] = ..., message: _Optional[str] = ..., migration: _Optional[_Union[Migration, _Mapping]] = ...) -> None: ...
+
+class CutoverRequest(_message.Message):
+    __slots__ = ("migration_id", "vm", "group", "auto", "force")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    AUTO_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    vm: str
+    group: bool
+    auto: bool
+    force: bool
+    def __init__(self, migration_id: _Optional[str] = ..., vm: _Optional[str] = ..., group: _Optional[bool] = ..., auto: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class CutoverResponse(_message.Message):
+    __slots__ = ("migration", "reports")
+    MIGRATION_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    migration: Migration
+    reports: _containers.RepeatedCompositeFieldContainer[CutoverReport]
+    def __init__(self, migration: _Optional[_Union[Migration, _Mapping]] = ..., reports: _Optional[_Iterable[_Union[CutoverReport, _Mapping]]] = ...) -> None: ...

@@ -44,6 +44,56 @@ class ControlStub:
                 request_serializer=liftshift_dot_v1_dot_control__pb2.VerifyVdiskRequest.SerializeToString,
                 response_deserializer=liftshift_dot_v1_dot_control__pb2.VerifyVdiskResponse.FromString,
                 _registered_method=True)
+        self.ListVms = channel.unary_unary(
+                '/liftshift.v1.Control/ListVms',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.ListVmsRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.ListVmsResponse.FromString,
+                _registered_method=True)
+        self.CreateMigration = channel.unary_unary(
+                '/liftshift.v1.Control/CreateMigration',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.CreateMigrationRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+                _registered_method=True)
+        self.StartMigration = channel.unary_unary(
+                '/liftshift.v1.Control/StartMigration',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.MigrationRef.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+                _registered_method=True)
+        self.PauseMigration = channel.unary_unary(
+                '/liftshift.v1.Control/PauseMigration',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.MigrationRef.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+                _registered_method=True)
+        self.ResumeMigration = channel.unary_unary(
+                '/liftshift.v1.Control/ResumeMigration',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.MigrationRef.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+                _registered_method=True)
+        self.AbortMigration = channel.unary_unary(
+                '/liftshift.v1.Control/AbortMigration',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.MigrationRef.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+                _registered_method=True)
+        self.ListMigrations = channel.unary_unary(
+                '/liftshift.v1.Control/ListMigrations',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.ListMigrationsRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.ListMigrationsResponse.FromString,
+                _registered_method=True)
+        self.GetMigration = channel.unary_unary(
+                '/liftshift.v1.Control/GetMigration',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.MigrationRef.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/liftshift.v1.Control/Watch',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.WatchRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.MigrationEvent.FromString,
+                _registered_method=True)
+        self.Cutover = channel.unary_unary(
+                '/liftshift.v1.Control/Cutover',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.CutoverRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.CutoverResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -64,6 +114,76 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListVms(self, request, context):
+        """VMs the platform knows, their disks, and whether capture is attached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateMigration(self, request, context):
+        """Define a migration of one or more VMs to a destination sink (checked:
+        the VMs exist and are in no other migration, the sink answers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartMigration(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseMigration(self, request, context):
+        """Stop shipping (the guest keeps running; its writes go on being captured).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeMigration(self, request, context):
+        """Resume a paused migration, or retry a failed one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortMigration(self, request, context):
+        """Stop for good; the source VMs keep running untouched.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMigrations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMigration(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Progress and state changes as they happen.  With a migration id the
+        stream ends once that migration is completed or aborted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cutover(self, request, context):
+        """Cut over one VM, every VM of a migration one after another, or turn on
+        automatic cutover (each VM as soon as it converges).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +196,56 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.VerifyVdisk,
                     request_deserializer=liftshift_dot_v1_dot_control__pb2.VerifyVdiskRequest.FromString,
                     response_serializer=liftshift_dot_v1_dot_control__pb2.VerifyVdiskResponse.SerializeToString,
+            ),
+            'ListVms': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVms,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.ListVmsRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.ListVmsResponse.SerializeToString,
+            ),
+            'CreateMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateMigration,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.CreateMigrationRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.Migration.SerializeToString,
+            ),
+            'StartMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartMigration,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.MigrationRef.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.Migration.SerializeToString,
+            ),
+            'PauseMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseMigration,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.MigrationRef.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.Migration.SerializeToString,
+            ),
+            'ResumeMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeMigration,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.MigrationRef.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.Migration.SerializeToString,
+            ),
+            'AbortMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortMigration,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.MigrationRef.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.Migration.SerializeToString,
+            ),
+            'ListMigrations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMigrations,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.ListMigrationsRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.ListMigrationsResponse.SerializeToString,
+            ),
+            'GetMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMigration,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.MigrationRef.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.Migration.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.WatchRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.MigrationEvent.SerializeToString,
+            ),
+            'Cutover': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cutover,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.CutoverRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.CutoverResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +302,276 @@ class Control:
             '/liftshift.v1.Control/VerifyVdisk',
             liftshift_dot_v1_dot_control__pb2.VerifyVdiskRequest.SerializeToString,
             liftshift_dot_v1_dot_control__pb2.VerifyVdiskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/ListVms',
+            liftshift_dot_v1_dot_control__pb2.ListVmsRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.ListVmsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/CreateMigration',
+            liftshift_dot_v1_dot_control__pb2.CreateMigrationRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/StartMigration',
+            liftshift_dot_v1_dot_control__pb2.MigrationRef.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/PauseMigration',
+            liftshift_dot_v1_dot_control__pb2.MigrationRef.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/ResumeMigration',
+            liftshift_dot_v1_dot_control__pb2.MigrationRef.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/AbortMigration',
+            liftshift_dot_v1_dot_control__pb2.MigrationRef.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMigrations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/ListMigrations',
+            liftshift_dot_v1_dot_control__pb2.ListMigrationsRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.ListMigrationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/GetMigration',
+            liftshift_dot_v1_dot_control__pb2.MigrationRef.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/liftshift.v1.Control/Watch',
+            liftshift_dot_v1_dot_control__pb2.WatchRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.MigrationEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cutover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/Cutover',
+            liftshift_dot_v1_dot_control__pb2.CutoverRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.CutoverResponse.FromString,
             options,
             channel_credentials,
             insecure,

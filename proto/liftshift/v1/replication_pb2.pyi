@@ -119,16 +119,26 @@ class Ack(_message.Message):
     def __init__(self, applied_seq: _Optional[int] = ..., durable_seq: _Optional[int] = ..., durable_frame: _Optional[int] = ..., closed: _Optional[bool] = ..., apply_ns: _Optional[int] = ..., fsync_ns: _Optional[int] = ...) -> None: ...
 
 class HashRangesRequest(_message.Message):
-    __slots__ = ("vdisk_id", "offset", "length", "chunk_size")
+    __slots__ = ("vdisk_id", "offset", "length", "chunk_size", "ranges")
     VDISK_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
     vdisk_id: str
     offset: int
     length: int
     chunk_size: int
-    def __init__(self, vdisk_id: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    ranges: _containers.RepeatedCompositeFieldContainer[ByteRange]
+    def __init__(self, vdisk_id: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., chunk_size: _Optional[int] = ..., ranges: _Optional[_Iterable[_Union[ByteRange, _Mapping]]] = ...) -> None: ...
+
+class ByteRange(_message.Message):
+    __slots__ = ("offset", "length")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    length: int
+    def __init__(self, offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class ChunkHash(_message.Message):
     __slots__ = ("offset", "length", "xxh3_128")

@@ -1,0 +1,738 @@
+"""Migrations of VMs: what the Control service drives.
+
+Design note
+-----------
+A migration moves one VM or a group to one destination sink.  Every VM of
+it goes through the state machine of :mod:`liftshift.daemon.lifecycle`
+(only :func:`~liftshift.daemon.lifecycle.transition` changes a state); the
+migration's own state is the summary of its VMs'.  Records are persisted in
+the daemon's SQLite file after every change, so a restarted daemon picks
+each migration up where it stood: syncing and converged VMs resume
+replication from what the sink holds, a cutover that was interrupted runs
+again (every step is idempotent), paused ones stay paused.
+
+A command is checked completely before anything changes: a request that is
+refused changes no state.  Commands run one at a time (one lock); the long
+part of a cutover runs in its own task, outside the lock, so status and
+other migrations keep being served.
+
+The monitor loop (:meth:`Migrations.run`) schedules, the methods do the
+work: every ``progress_interval_ms`` it samples bandwidth, moves VMs
+between syncing and converged, starts automatic cutovers (one VM of a
+migration at a time), verifies chunks ahead of cutover for converged VMs,
+and publishes a progress event for watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from liftshift.v1 import common_pb2
+from liftshift.v1 import control_pb2 as cpb
+
+from . import cutover
+from .errors import FailedPrecondition, InvalidArgument, LiftshiftError, NotFound
+from .lifecycle import FINAL, TRANSITIONS, Event, IllegalTransition, State, allowed, summarize, transition
+from .platform import Platform, Power, ShadowDisk
+from .settings import DaemonConfig, ReplicateSpec
+from .state import StateStore
+from .vdisk import VdiskReplicator
+from .verifymap import VerifyMap
+
+log = logging.getLogger("liftshift.daemon.migrations")
+
+VERIFY_CHUNK = 1 << 20
+_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
+_DIVERGE_FACTOR = 4  # a converged VM falls back to syncing when its backlog exceeds this x the threshold
+_STATE_PB = {State.CREATED: cpb.MIGRATION_STATE_CREATED, State.SYNCING: cpb.MIGRATION_STATE_SYNCING,
+             State.CONVERGED: cpb.MIGRATION_STATE_CONVERGED, State.PAUSED: cpb.MIGRATION_STATE_PAUSED,
+             State.CUTTING_OVER: cpb.MIGRATION_STATE_CUTTING_OVER, State.COMPLETED: cpb.MIGRATION_STATE_COMPLETED,
+             State.FAILED: cpb.MIGRATION_STATE_FAILED, State.ABORTED: cpb.MIGRATION_STATE_ABORTED}
+_REPL_PB = {"copying": cpb.REPLICATION_STATE_COPYING, "converged": cpb.REPLICATION_STATE_CONVERGED,
+            "closed": cpb.REPLICATION_STATE_CLOSED}
+
+
+@dataclass
+class VdiskRec:
+    """One disk of a migrating VM."""
+
+    name: str
+    vdisk_id: str
+    size: int
+    image: str
+    ring: str
+
+
+@dataclass
+class VmRec:
+    """One VM of a migration."""
+
+    vm: str
+    state: State
+    disks: list[VdiskRec]
+    error: str = ""
+    report: dict[str, object] | None = None
+
+
+@dataclass
+class MigrationRec:
+    """A migration as persisted."""
+
+    id: str
+    name: str
+    destination: str
+    auto_cutover: bool
+    threshold: int
+    throttle: int
+    created: float
+    updated: float
+    vms: list[VmRec] = field(default_factory=list)
+
+    @property
+    def state(self) -> State:
+        return summarize([v.state for v in self.vms])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> MigrationRec:
+        d = json.loads(text)
+        vms = [VmRec(vm=v["vm"], state=State(v["state"]), disks=[VdiskRec(**x) for x in v["disks"]],
+                     error=v.get("error", ""), report=v.get("report")) for v in d.pop("vms")]
+        return cls(**d, vms=vms)
+
+
+@dataclass
+class _Rate:
+    t: float = 0.0
+    shipped: int = 0
+    bps: float = 0.0
+
+
+class Migrations:
+    """Every migration of this daemon, and the loop that moves them along."""
+
+    def __init__(self, cfg: DaemonConfig, store: StateStore, platform: Platform,
+                 replicators: dict[str, VdiskReplicator]) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.platform = platform
+        self.replicators = replicators
+        self.recs: dict[str, MigrationRec] = {}
+        self.vmaps: dict[str, VerifyMap] = {}
+        self.rates: dict[str, _Rate] = {}
+        self.last_progress: dict[str, cpb.VdiskProgress] = {}
+        self._lock = asyncio.Lock()
+        self._cutovers: dict[tuple[str, str], asyncio.Task[cpb.CutoverReport]] = {}
+        self._group_tasks: set[asyncio.Task[object]] = set()
+        self._subs: set[asyncio.Queue[cpb.MigrationEvent]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- start-up and shutdown ------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every migration and resume the unfinished ones."""
+        for body in self.store.load_migrations():
+            m = MigrationRec.from_json(body)
+            self.recs[m.id] = m
+        for m in self.recs.values():
+            for v in m.vms:
+                if v.state in (State.SYNCING, State.CONVERGED, State.CUTTING_OVER):
+                    try:
+                        await self._start_vm(m, v)
+                    except LiftshiftError as e:
+                        self._fail(m, v, f"cannot resume: {e}")
+                        continue
+                    if v.state is State.CUTTING_OVER:
+                        log.info("migration %s: VM %s was cutting over when the daemon stopped: running the "
+                                 "cutover again", m.id, v.vm)
+                        self._spawn_cutover(m, v, forced=bool(v.report and v.report.get("forced")))
+            if m.state not in FINAL:
+                log.info("migration %s (%s): %s", m.id, ", ".join(v.vm for v in m.vms), m.state)
+        self._task = asyncio.create_task(self.run(), name="migrations")
+
+    async def stop(self) -> None:
+        """Stop the loop and every replicator; everything stays resumable."""
+        self._stopping = True
+        tasks = [t for t in [self._task, *self._cutovers.values(), *self._group_tasks] if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for m in self.recs.values():
+            for v in m.vms:
+                await self._stop_vm(v)
+        for q in list(self._subs):
+            q.put_nowait(cpb.MigrationEvent(kind=cpb.EVENT_KIND_ERROR, message="the daemon is shutting down"))
+
+    # -- lookups -------------------------------------------------------------
+
+    def get(self, mid: str) -> MigrationRec:
+        if not mid:
+            raise InvalidArgument("migration_id is required")
+        m = self.recs.get(mid)
+        if m is None:
+            raise NotFound(f"no migration {mid!r}", hint="`liftshift migrate list --all` shows them")
+        return m
+
+    def migration_of(self, vm: str) -> MigrationRec | None:
+        """The unfinished migration ``vm`` belongs to."""
+        for m in self.recs.values():
+            for v in m.vms:
+                if v.vm == vm and v.state not in FINAL:
+                    return m
+        return None
+
+    @staticmethod
+    def _vm(m: MigrationRec, vm: str) -> VmRec:
+        for v in m.vms:
+            if v.vm == vm:
+                return v
+        raise NotFound(f"VM {vm!r} is not part of migration {m.id}",
+                       hint=f"its VMs: {', '.join(v.vm for v in m.vms)}")
+
+    # -- commands ------------------------------------------------------------
+
+    async def create(self, req: cpb.CreateMigrationRequest) -> MigrationRec:
+        """Check everything, then record a new migration (and start it if asked)."""
+        if req.type not in (cpb.MIGRATION_TYPE_UNSPECIFIED, cpb.MIGRATION_TYPE_LIVE):
+            raise InvalidArgument(f"migration type {cpb.MigrationType.Name(req.type)} is not available",
+                                  hint="use a live migration")
+        names = list(req.vms)
+        if not names:
+            raise InvalidArgument("a migration needs at least one VM")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise InvalidArgument(f"VM {dup[0]!r} is listed twice")
+        if not _ADDRESS.match(req.destination):
+            raise InvalidArgument(f"destination {req.destination!r} is not host:port")
+        if len(req.name) > 128 or not req.name.isprintable():
+            raise InvalidArgument("the migration name must be at most 128 printable characters")
+        async with self._lock:
+            infos = [await self.platform.vm(n) for n in names]  # NotFound for an unknown VM
+            for n in names:
+                other = self.migration_of(n)
+                if other is not None:
+                    raise FailedPrecondition(f"VM {n!r} is already in migration {other.id} ({other.state})",
+                                             hint=f"abort {other.id} first, or wait until it completes")
+            await self._check_destination(req.destination)
+            mid = "m-" + secrets.token_hex(4)
+            while mid in self.recs:
+                mid = "m-" + secrets.token_hex(4)
+            now = time.time()
+            m = MigrationRec(id=mid, name=req.name or mid, destination=req.destination,
+                             auto_cutover=req.auto_cutover,
+                             threshold=req.converge_threshold_bytes or self.cfg.converge_threshold,
+                             throttle=req.throttle_bytes_per_s, created=now, updated=now)
+            for info in infos:
+                disks = [VdiskRec(name=d.name, vdisk_id=f"{mid}.{info.name}.{d.name}", size=d.size,
+                                  image=str(d.image), ring=str(d.ring)) for d in info.disks]
+                m.vms.append(VmRec(vm=info.name, state=State.CREATED, disks=disks))
+            self.recs[mid] = m
+            self._save(m)
+            log.info("migration %s created: %s -> %s", mid, ", ".join(names), req.destination)
+            self._emit(m, None, cpb.EVENT_KIND_STATE_CHANGED, f"created ({', '.join(names)})")
+        if req.start:
+            await self.start_migration(mid)
+        return m
+
+    async def _check_destination(self, address: str) -> None:
+        """The sink must answer before a migration is recorded against it."""
+        try:
+            await self.platform.destination_power("liftshift-probe", address)
+        except LiftshiftError as e:
+            if isinstance(e, NotFound):
+                return
+            raise type(e)(f"destination {address} does not answer: {e.message}",
+                          hint=e.hint or "check the sink's address and that it runs") from None
+
+    async def start_migration(self, mid: str) -> MigrationRec:
+        async with self._lock:
+            m = self.get(mid)
+            todo = self._plan(m, Event.START)
+            for v in todo:
+                v.state = transition(v.state, Event.START)
+                try:
+                    await self._start_vm(m, v)
+                except LiftshiftError as e:
+                    self._fail(m, v, str(e))
+                    continue
+                self._emit(m, v, cpb.EVENT_KIND_STATE_CHANGED, "replication started")
+            self._save(m)
+            return m
+
+    async def pause(self, mid: str) -> MigrationRec:
+        async with self._lock:
+            m = self.get(mid)
+            for v in self._plan(m, Event.PAUSE):
+                v.state = transition(v.state, Event.PAUSE)
+                await self._stop_vm(v)
+                self._emit(m, v, cpb.EVENT_KIND_STATE_CHANGED, "paused: guest writes keep being captured")
+            self._save(m)
+            return m
+
+    async def resume(self, mid: str) -> MigrationRec:
+        async with self._lock:
+            m = self.get(mid)
+            paused = [v for v in m.vms if v.state is State.PAUSED]
+            failed = [v for v in m.vms if v.state is State.FAILED]
+            if not paused and not failed:
+                raise IllegalTransition(m.state, Event.RESUME)
+            for v in paused + failed:
+                v.state = transition(v.state, Event.RESUME if v.state is State.PAUSED else Event.RETRY)
+                v.error = ""
+                try:
+                    await self._start_vm(m, v)
+                except LiftshiftError as e:
+                    self._fail(m, v, str(e))
+                    continue
+                self._emit(m, v, cpb.EVENT_KIND_STATE_CHANGED, "resumed")
+            self._save(m)
+            return m
+
+    async def abort(self, mid: str) -> MigrationRec:
+        async with self._lock:
+            m = self.get(mid)
+            busy = [v.vm for v in m.vms if v.state is State.CUTTING_OVER]
+            if busy:
+                raise IllegalTransition(State.CUTTING_OVER, Event.ABORT)
+            for v in self._plan(m, Event.ABORT):
+                v.state = transition(v.state, Event.ABORT)
+                await self._stop_vm(v, lift_throttle=True)
+                try:
+                    info = await self.platform.vm(v.vm)
+                    if info.power is Power.ON:
+                        await self.platform.detach_capture(v.vm)
+                except LiftshiftError as e:
+                    log.warning("migration %s: VM %s: detaching capture failed: %s", m.id, v.vm, e)
+                self._emit(m, v, cpb.EVENT_KIND_STATE_CHANGED, "aborted; the source VM keeps running")
+            m.auto_cutover = False
+            self._save(m)
+            return m
+
+    def _plan(self, m: MigrationRec, event: Event) -> list[VmRec]:
+        """The VMs ``event`` applies to; IllegalTransition (nothing changed) when none."""
+        todo = [v for v in m.vms if (v.state, event) in _ALLOWED]
+        if not todo:
+            raise IllegalTransition(m.state, event)
+        return todo
+
+    # -- cutover --------------------------------------------------------------
+
+    async def cutover(self, req: cpb.CutoverRequest) -> tuple[MigrationRec, list[cpb.CutoverReport]]:
+        what = req.WhichOneof("what")
+        if what is None:
+            raise InvalidArgument("say what to cut over: a VM, the group, or auto")
+        if req.migration_id:
+            m = self.get(req.migration_id)
+        elif what == "vm":
+            found = self.migration_of(req.vm)
+            if found is None:
+                raise NotFound(f"VM {req.vm!r} is in no unfinished migration")
+            m = found
+        else:
+            raise InvalidArgument("migration_id is required for a group or automatic cutover")
+        if what == "auto":
+            async with self._lock:
+                if m.state in FINAL:
+                    raise IllegalTransition(m.state, Event.CUTOVER)
+                m.auto_cutover = True
+                self._save(m)
+                self._emit(m, None, cpb.EVENT_KIND_STATE_CHANGED, "automatic cutover on")
+            return m, []
+        if what == "vm":
+            v = self._vm(m, req.vm)
+            async with self._lock:
+                task = self._begin_cutover(m, v, req.force)
+            return m, [await asyncio.shield(task)]
+        # The group: every VM is checked first, so a refusal changes nothing.
+        async with self._lock:
+            todo = [v for v in m.vms if v.state not in FINAL]
+            if not todo:
+                raise IllegalTransition(m.state, Event.CUTOVER)
+            for v in todo:
+                self._check_cutover(v, req.force)
+        group = asyncio.create_task(self._cut_over_group(m, todo, req.force))
+        self._group_tasks.add(group)
+        group.add_done_callback(self._group_tasks.discard)
+        return m, await asyncio.shield(group)
+
+    async def _cut_over_group(self, m: MigrationRec, vms: list[VmRec], force: bool) -> list[cpb.CutoverReport]:
+        reports = []
+        for v in vms:
+            async with self._lock:
+                if v.state in FINAL:
+                    continue
+                task = self._begin_cutover(m, v, force)
+            rep = await task
+            reports.append(rep)
+            if rep.error:
+                break  # one after another: stop at the first failure
+        return reports
+
+    def _check_cutover(self, v: VmRec, force: bool) -> Event:
+        event = Event.FORCE_CUTOVER if force else Event.CUTOVER
+        if (v.state, event) not in _ALLOWED:
+            e = IllegalTransition(v.state, event)
+            raise IllegalTransition(v.state, event) if v.state is not State.SYNCING else FailedPrecondition(
+                f"VM {v.vm} has not converged yet (it is {v.state})", hint=e.hint)
+        return event
+
+    def _begin_cutover(self, m: MigrationRec, v: VmRec, force: bool) -> asyncio.Task[cpb.CutoverReport]:
+        """Transition to cutting-over and start the cutover task (caller holds the lock)."""
+        running = self._cutovers.get((m.id, v.vm))
+        if running is not None and not running.done():
+            return running
+        event = self._check_cutover(v, force)
+        v.state = transition(v.state, event)
+        v.report = {"forced": force}
+        self._save(m)
+        self._emit(m, v, cpb.EVENT_KIND_STATE_CHANGED, "cutover started" + (" (forced)" if force else ""))
+        return self._spawn_cutover(m, v, force)
+
+    def _spawn_cutover(self, m: MigrationRec, v: VmRec, forced: bool) -> asyncio.Task[cpb.CutoverReport]:
+        task = asyncio.create_task(self._run_cutover(m, v, forced), name=f"cutover-{m.id}-{v.vm}")
+        self._cutovers[(m.id, v.vm)] = task
+        return task
+
+    async def _run_cutover(self, m: MigrationRec, v: VmRec, forced: bool) -> cpb.CutoverReport:
+        disks = []
+        for d in v.disks:
+            r = self.replicators.get(d.vdisk_id)
+            if r is None:
+                r = await self._start_replicator(m, d)
+            r.consumer.set_control(throttle_bps=0)
+            disks.append((ShadowDisk(d.name, d.vdisk_id), r, self._vmap(d)))
+
+        async def step(text: str) -> None:
+            self._emit(m, v, cpb.EVENT_KIND_CUTOVER_STEP, text)
+
+        report = cpb.CutoverReport(vm=v.vm, forced=forced)
+        try:
+            t = await cutover.cut_over(v.vm, m.destination, m.id, self.platform, disks,
+                                       drain_timeout=self.cfg.cutover_drain_timeout_s, step=step)
+        except LiftshiftError as e:
+            _fill(report, getattr(e, "times", None))
+            report.error = str(e)
+            async with self._lock:
+                v.report = _report_dict(report)
+                self._fail(m, v, f"cutover failed: {e}")
+            return report
+        _fill(report, t)
+        async with self._lock:
+            v.state = transition(v.state, Event.COMPLETED)
+            v.report = _report_dict(report)
+            v.error = ""
+            for d in v.disks:
+                self._snapshot(d)
+            await self._stop_vm(v)
+            self._save(m)
+            self._emit(m, v, cpb.EVENT_KIND_STATE_CHANGED,
+                       f"completed: identical, downtime {t.downtime:.3f}s (verified {t.hashed} chunks, "
+                       f"{t.preverified} proven earlier)")
+        log.info("migration %s: VM %s cut over, downtime %.3fs (stop %.3f drain %.3f verify %.3f power-on %.3f), "
+                 "%d chunks hashed, %d preverified, %d repaired, %d residual bytes", m.id, v.vm, t.downtime, t.stop,
+                 t.drain, t.verify, t.power_on, t.hashed, t.preverified, t.repaired, t.residual_bytes)
+        return report
+
+    # -- the loop ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Every interval: sample, converge / diverge, auto cutover, preverify, publish."""
+        interval = self.cfg.progress_interval_ms / 1000
+        while not self._stopping:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must survive anything one migration does
+                log.exception("migration monitor")
+            await asyncio.sleep(interval)
+
+    async def tick(self) -> None:
+        now = time.monotonic()
+        for m in list(self.recs.values()):
+            if m.state in FINAL:
+                continue
+            for v in m.vms:
+                self._sample(v, now)
+            async with self._lock:
+                for v in m.vms:
+                    self._converge(m, v)
+                if m.auto_cutover and not self._cutover_running(m):
+                    ready = [v for v in m.vms if v.state is State.CONVERGED]
+                    if ready:
+                        self._begin_cutover(m, ready[0], False)
+            await self._preverify(m)
+            self._emit(m, None, cpb.EVENT_KIND_PROGRESS, "")
+
+    def _cutover_running(self, m: MigrationRec) -> bool:
+        return any(not t.done() for (mid, _), t in self._cutovers.items() if mid == m.id)
+
+    def _sample(self, v: VmRec, now: float) -> None:
+        for d in v.disks:
+            r = self.replicators.get(d.vdisk_id)
+            if r is None:
+                continue
+            p = r.core.progress
+            shipped = p.live_bytes + p.chunk_bytes_sent
+            rate = self.rates.setdefault(d.vdisk_id, _Rate(now, shipped))
+            dt = now - rate.t
+            if dt >= 0.2:
+                inst = (shipped - rate.shipped) / dt
+                rate.bps = inst if rate.bps == 0 else 0.6 * rate.bps + 0.4 * inst
+                rate.t, rate.shipped = now, shipped
+            self._snapshot(d)
+
+    def _backlog(self, v: VmRec) -> tuple[int, bool]:
+        """(bytes still to ship, background copy done) over the VM's disks."""
+        total, done = 0, True
+        for d in v.disks:
+            r = self.replicators.get(d.vdisk_id)
+            if r is None:
+                return 0, False
+            total += _backlog(r)
+            done = done and r.core.copy_done() and r.stats.connected
+        return total, done
+
+    def _converge(self, m: MigrationRec, v: VmRec) -> None:
+        if v.state not in (State.SYNCING, State.CONVERGED):
+            return
+        backlog, copied = self._backlog(v)
+        if v.state is State.SYNCING and copied and backlog <= m.threshold:
+            v.state = transition(v.state, Event.CONVERGED)
+            self._throttle(m, v, 0)
+            self._save(m)
+            self._emit(m, v, cpb.EVENT_KIND_STATE_CHANGED, f"converged (backlog {backlog} bytes)")
+        elif v.state is State.CONVERGED and (not copied or backlog > _DIVERGE_FACTOR * m.threshold):
+            v.state = transition(v.state, Event.DIVERGED)
+            self._throttle(m, v, m.throttle)
+            self._save(m)
+            self._emit(m, v, cpb.EVENT_KIND_STATE_CHANGED, f"diverged (backlog {backlog} bytes)")
+
+    async def _preverify(self, m: MigrationRec) -> None:
+        budget = self.cfg.preverify_bytes_per_s * self.cfg.progress_interval_ms // 1000 // VERIFY_CHUNK
+        if budget <= 0:
+            return
+        for v in m.vms:
+            if v.state is not State.CONVERGED:
+                continue
+            for d in v.disks:
+                r = self.replicators.get(d.vdisk_id)
+                if r is None or not r.stats.connected:
+                    continue
+                try:
+                    await cutover.preverify(r, self._vmap(d), budget)
+                except LiftshiftError as e:
+                    log.debug("preverify %s: %s", d.vdisk_id, e)
+                except Exception as e:  # a sink hiccup: try again next tick
+                    log.debug("preverify %s: %s", d.vdisk_id, e)
+
+    # -- replicators -------------------------------------------------------------
+
+    def _vmap(self, d: VdiskRec) -> VerifyMap:
+        vmap = self.vmaps.get(d.vdisk_id)
+        if vmap is None:
+            vmap = self.vmaps[d.vdisk_id] = VerifyMap(d.size, VERIFY_CHUNK)
+        return vmap
+
+    async def _start_vm(self, m: MigrationRec, v: VmRec) -> None:
+        """Attach capture and start replicating every disk of ``v``."""
+        if v.state is not State.CUTTING_OVER:
+            info = await self.platform.attach_capture(v.vm)
+            sizes = {d.name: d.size for d in info.disks}
+            for d in v.disks:
+                if sizes.get(d.name) != d.size:
+                    raise FailedPrecondition(f"VM {v.vm}: disk {d.name} is now {sizes.get(d.name)} bytes, the "
+                                             f"migration was created for {d.size}")
+        for d in v.disks:
+            if d.vdisk_id not in self.replicators:
+                await self._start_replicator(m, d)
+        self._throttle(m, v, m.throttle if v.state is State.SYNCING else 0)
+
+    async def _start_replicator(self, m: MigrationRec, d: VdiskRec) -> VdiskReplicator:
+        spec = ReplicateSpec(vdisk_id=d.vdisk_id, ring=Path(d.ring),
+                             source=Path(d.image), sink=m.destination, migration_id=m.id)
+        try:
+            r = VdiskReplicator(spec, self.cfg, self.store)
+        except (OSError, LiftshiftError) as e:
+            raise FailedPrecondition(f"cannot replicate {d.vdisk_id}: {e}") from None
+        r.verify_map = self._vmap(d)
+        self.replicators[d.vdisk_id] = r
+        r.start()
+        return r
+
+    async def _stop_vm(self, v: VmRec, lift_throttle: bool = False) -> None:
+        for d in v.disks:
+            r = self.replicators.pop(d.vdisk_id, None)
+            if r is not None:
+                self._snapshot(d, r)
+                if lift_throttle:
+                    r.consumer.set_control(throttle_bps=0)
+                await r.stop()
+
+    def _throttle(self, m: MigrationRec, v: VmRec, bps: int) -> None:
+        for d in v.disks:
+            r = self.replicators.get(d.vdisk_id)
+            if r is not None:
+                r.consumer.set_control(throttle_bps=bps)
+
+    def _fail(self, m: MigrationRec, v: VmRec, why: str) -> None:
+        v.state = transition(v.state, Event.FAILED) if (v.state, Event.FAILED) in _ALLOWED else State.FAILED
+        v.error = why
+        self._save(m)
+        log.error("migration %s: VM %s failed: %s", m.id, v.vm, why)
+        self._emit(m, v, cpb.EVENT_KIND_ERROR, why)
+
+    # -- reporting -------------------------------------------------------------
+
+    def _snapshot(self, d: VdiskRec, r: VdiskReplicator | None = None) -> None:
+        r = r or self.replicators.get(d.vdisk_id)
+        if r is None:
+            return
+        p = r.core.progress
+        rate = self.rates.get(d.vdisk_id)
+        bps = rate.bps if rate else 0.0
+        backlog = _backlog(r)
+        self.last_progress[d.vdisk_id] = cpb.VdiskProgress(
+            name=d.name, vdisk_id=d.vdisk_id, size_bytes=d.size, state=_REPL_PB[r.state()],
+            connected=r.stats.connected, background_total_bytes=p.background_total,
+            background_done_bytes=p.background_done, live_bytes=p.live_bytes, live_records=p.live_records,
+            dirty_bytes=r.core.dirty_bytes, backlog_bytes=backlog, lag_seconds=r.lag_seconds(),
+            bandwidth_bytes_per_s=bps, eta_seconds=(backlog / bps if bps > 0 else (0.0 if backlog == 0 else -1.0)),
+            resent_bytes=p.resent_bytes, ring_overflows=r.consumer.counters()["overflows"],
+            last_error=r.stats.last_error)
+
+    def describe(self, m: MigrationRec) -> cpb.Migration:
+        """The Migration message for ``m``."""
+        out = cpb.Migration(id=m.id, name=m.name, type=cpb.MIGRATION_TYPE_LIVE, destination=m.destination,
+                            state=_STATE_PB[m.state], auto_cutover=m.auto_cutover,
+                            converge_threshold_bytes=m.threshold, throttle_bytes_per_s=m.throttle,
+                            created_at=m.created, updated_at=m.updated)
+        bw = 0.0
+        etas = []
+        for v in m.vms:
+            vm = out.vms.add(vm=v.vm, state=_STATE_PB[v.state], error=v.error)
+            backlog = 0
+            vm_eta = 0.0
+            for d in v.disks:
+                p = self.last_progress.get(d.vdisk_id) or cpb.VdiskProgress(name=d.name, vdisk_id=d.vdisk_id,
+                                                                              size_bytes=d.size, eta_seconds=-1)
+                if d.vdisk_id not in self.replicators:
+                    p = cpb.VdiskProgress(**{**_fields(p), "connected": False, "bandwidth_bytes_per_s": 0.0})
+                vm.vdisks.append(p)
+                backlog += p.backlog_bytes
+                bw += p.bandwidth_bytes_per_s
+                vm_eta = -1.0 if p.eta_seconds < 0 or vm_eta < 0 else max(vm_eta, p.eta_seconds)
+            vm.backlog_bytes = backlog
+            vm.eta_seconds = vm_eta if v.state not in (State.COMPLETED, State.ABORTED) else 0.0
+            if v.report:
+                vm.cutover.CopyFrom(_report_msg(v.vm, v.report))
+            if v.state not in FINAL:
+                etas.append(vm.eta_seconds)
+        out.bandwidth_bytes_per_s = bw
+        out.eta_seconds = -1.0 if any(e < 0 for e in etas) else max(etas, default=0.0)
+        events = {e for v in m.vms for e in allowed(v.state)}
+        out.allowed.extend(sorted(e.value for e in events if e not in (Event.CONVERGED, Event.DIVERGED,
+                                                                        Event.COMPLETED, Event.FAILED)))
+        return out
+
+    def vm_power_pb(self, power: Power) -> int:
+        return {Power.ON: common_pb2.POWER_STATE_POWERED_ON, Power.OFF: common_pb2.POWER_STATE_POWERED_OFF}.get(
+            power, common_pb2.POWER_STATE_NOT_CREATED)
+
+    # -- events --------------------------------------------------------------
+
+    def _emit(self, m: MigrationRec, v: VmRec | None, kind: int, message: str) -> None:
+        if kind != cpb.EVENT_KIND_PROGRESS:
+            log.info("migration %s%s: %s", m.id, f" VM {v.vm}" if v else "", message)
+        if not self._subs:
+            return
+        ev = cpb.MigrationEvent(time=time.time(), migration_id=m.id, vm=v.vm if v else "", kind=kind,
+                                state=_STATE_PB[v.state if v else m.state], message=message,
+                                migration=self.describe(m))
+        for q in list(self._subs):
+            if q.full():
+                if kind == cpb.EVENT_KIND_PROGRESS:
+                    continue  # a slow watcher misses progress, never state changes
+                q.get_nowait()
+            q.put_nowait(ev)
+
+    async def watch(self, mid: str, interval: float = 0.5) -> AsyncIterator[cpb.MigrationEvent]:
+        """Events of one migration (or all); ends when that migration is final.
+        Progress events come at most every ``interval`` seconds per migration."""
+        if mid:
+            m = self.get(mid)
+            yield cpb.MigrationEvent(time=time.time(), migration_id=m.id, kind=cpb.EVENT_KIND_PROGRESS,
+                                     state=_STATE_PB[m.state], migration=self.describe(m))
+            if m.state in FINAL:
+                return
+        q: asyncio.Queue[cpb.MigrationEvent] = asyncio.Queue(maxsize=256)
+        self._subs.add(q)
+        last_progress: dict[str, float] = {}
+        try:
+            while True:
+                ev = await q.get()
+                if not ev.migration_id:
+                    yield ev  # the daemon is shutting down
+                    return
+                if mid and ev.migration_id != mid:
+                    continue
+                if ev.kind == cpb.EVENT_KIND_PROGRESS:
+                    if ev.time - last_progress.get(ev.migration_id, 0.0) < interval * 0.9:
+                        continue
+                    last_progress[ev.migration_id] = ev.time
+                yield ev
+                if mid and ev.kind == cpb.EVENT_KIND_STATE_CHANGED and self.recs[mid].state in FINAL:
+                    return
+        finally:
+            self._subs.discard(q)
+
+    def _save(self, m: MigrationRec) -> None:
+        m.updated = time.time()
+        self.store.save_migration(m.id, m.to_json())
+
+
+_ALLOWED = set(TRANSITIONS)
+
+
+def _backlog(r: VdiskReplicator) -> int:
+    p = r.core.progress
+    return max(0, p.background_total - p.background_done) + r.core.dirty_bytes + r.consumer.pending_bytes()
+
+
+def _fields(msg: cpb.VdiskProgress) -> dict[str, object]:
+    return {f.name: getattr(msg, f.name) for f in msg.DESCRIPTOR.fields}
+
+
+def _fill(report: cpb.CutoverReport, t: cutover.CutoverTimes | None) -> None:
+    if t is None:
+        return
+    report.identical = t.identical
+    report.downtime_seconds = t.downtime
+    report.stop_seconds = t.stop
+    report.drain_seconds = t.drain
+    report.verify_seconds = t.verify
+    report.power_on_seconds = t.power_on
+    report.chunks_verified = t.hashed
+    report.chunks_preverified = t.preverified
+    report.chunks_repaired = t.repaired
+    report.residual_bytes = t.residual_bytes
+
+
+def _report_dict(report: cpb.CutoverReport) -> dict[str, object]:
+    return {f.name: getattr(report, f.name) for f in report.DESCRIPTOR.fields}
+
+
+def _report_msg(vm: str, d: dict[str, object]) -> cpb.CutoverReport:
+    known = {f.name for f in cpb.CutoverReport.DESCRIPTOR.fields}
+    return cpb.CutoverReport(**{k: v for k, v in d.items() if k in known and k != "vm"}, vm=vm)  # type: ignore[arg-type]

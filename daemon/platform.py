@@ -1,0 +1,110 @@
+"""The narrow interface every platform adapter implements.
+
+Design note
+-----------
+What "a VM" is depends on where it runs (vCenter, QEMU/KVM, the built-in
+``sim``), but a migration needs only a few things from it, so that is all the
+interface has: the inventory, a VM's disks, attaching and detaching write
+capture, stopping the source VM, and creating / powering on / inspecting the
+VM at the destination.  Every adapter passes the same contract suite
+(``tests/platform_contract.py``).
+
+Promises an adapter keeps (the suite checks them):
+
+* :meth:`Platform.attach_capture` returns only once every later guest write
+  is captured in the disk's ring; calling it again is harmless.  A VM that
+  is powered off gets rings that are already closed (nothing will write).
+* :meth:`Platform.stop_source` returns only once the guest has stopped and
+  every ring ends with its CLOSE record; calling it again is harmless.  The
+  source VM and its disks are left as they are (rollback).
+* The destination VM can only be powered on once its shadow disks hold the
+  source's CLOSE barrier (the sink enforces it).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+
+class Power(StrEnum):
+    """A VM's power state."""
+
+    ON = "on"
+    OFF = "off"
+    NOT_CREATED = "not-created"
+
+
+@dataclass(frozen=True)
+class Disk:
+    """One disk of a source VM."""
+
+    name: str
+    size: int
+    allocated: int
+    image: Path
+    ring: Path | None  # where its writes are captured, once attached
+    capture_attached: bool
+
+
+@dataclass(frozen=True)
+class VmInfo:
+    """A source VM as the platform sees it."""
+
+    name: str
+    platform: str
+    power: Power
+    disks: tuple[Disk, ...]
+
+
+@dataclass(frozen=True)
+class ShadowDisk:
+    """A disk of the destination VM and the shadow vdisk that holds it."""
+
+    name: str
+    vdisk_id: str
+
+
+class Platform(abc.ABC):
+    """A place VMs run: the source side of a migration and its destination."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def inventory(self) -> list[VmInfo]:
+        """Every VM the platform can migrate."""
+
+    @abc.abstractmethod
+    async def vm(self, name: str) -> VmInfo:
+        """One VM; raises :class:`~liftshift.daemon.errors.NotFound`."""
+
+    @abc.abstractmethod
+    async def attach_capture(self, name: str) -> VmInfo:
+        """Capture every guest write of the VM's disks into their rings."""
+
+    @abc.abstractmethod
+    async def detach_capture(self, name: str) -> None:
+        """Stop capturing (a migration was aborted); the VM keeps running."""
+
+    @abc.abstractmethod
+    async def stop_source(self, name: str) -> None:
+        """Stop the source VM; every ring then ends with CLOSE."""
+
+    @abc.abstractmethod
+    async def create_destination(self, name: str, destination: str, migration_id: str,
+                                 disks: list[ShadowDisk]) -> None:
+        """Define the VM at the destination on its shadow disks (idempotent)."""
+
+    @abc.abstractmethod
+    async def power_on_destination(self, name: str, destination: str) -> None:
+        """Power the destination VM on (idempotent)."""
+
+    @abc.abstractmethod
+    async def destination_power(self, name: str, destination: str) -> Power:
+        """The destination VM's power state."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release what the adapter holds (connections, child processes)."""

@@ -1,0 +1,117 @@
+"""Which chunks of a vdisk are proven identical, and still are (no I/O).
+
+Design note
+-----------
+Cutover must prove source and shadow identical (DESIGN.md invariant 5), but
+hashing a whole disk while the VM is stopped makes downtime grow with disk
+size.  So chunks are verified *ahead* of cutover, while the VM runs, and a
+chunk stays verified only as long as nothing that could change it has been
+shipped since.
+
+Each chunk has a generation, bumped whenever anything touching it is
+shipped to the sink (a live record, a background / resync / repair chunk).
+A verification of chunk ``c`` notes ``gen[c]`` *before* reading either side
+(:meth:`VerifyMap.begin`), and counts only if the hashes matched and the
+generation is unchanged when the result comes back (:meth:`confirm`):
+
+* a write the source already held but that was not shipped yet makes the
+  hashes differ (or be equal because the bytes are equal, which is fine);
+* a write shipped during the verification bumps the generation;
+* a write shipped after it bumps the generation and un-verifies the chunk.
+
+Every change to the source reaches the sink by being shipped (ring records,
+or overflow ranges resynced from the source), so once the source has
+stopped and everything is drained, a chunk still verified at its current
+generation is identical, and only the others need hashing at cutover.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+
+class VerifyMap:
+    """Verification state of ``size`` bytes in ``chunk``-byte chunks."""
+
+    def __init__(self, size: int, chunk: int) -> None:
+        self.size = size
+        self.chunk = chunk
+        self.chunks = -(-size // chunk)
+        self._gen = array("Q", bytes(8 * self.chunks))
+        # Generation at which each chunk was verified; 0 = never (generations start at 1).
+        self._verified = array("Q", bytes(8 * self.chunks))
+        self._cursor = 0
+        # Chunks that were verified and then written: re-verified first, so the
+        # backlog at cutover is what was written lately, whatever the disk size.
+        self._recent: dict[int, None] = {}
+        for i in range(self.chunks):
+            self._gen[i] = 1
+
+    def touched(self, offset: int, length: int) -> None:
+        """Something covering ``[offset, offset+length)`` was shipped."""
+        if length <= 0:
+            return
+        first = offset // self.chunk
+        last = min((offset + length - 1) // self.chunk, self.chunks - 1)
+        gen, v = self._gen, self._verified
+        for c in range(first, last + 1):
+            if v[c] == gen[c]:
+                self._recent[c] = None
+            gen[c] += 1
+
+    def begin(self, chunks: list[int]) -> list[int]:
+        """Generations of ``chunks`` now, before either side is read."""
+        return [self._gen[c] for c in chunks]
+
+    def confirm(self, chunk: int, gen_at_begin: int) -> bool:
+        """The chunk's hashes matched; it counts if nothing was shipped since begin."""
+        if self._gen[chunk] != gen_at_begin:
+            return False
+        self._verified[chunk] = gen_at_begin
+        return True
+
+    def is_verified(self, chunk: int) -> bool:
+        return self._verified[chunk] == self._gen[chunk]
+
+    def pending(self) -> list[int]:
+        """Chunks not verified at their current generation."""
+        v, g = self._verified, self._gen
+        return [c for c in range(self.chunks) if v[c] != g[c]]
+
+    def verified_count(self) -> int:
+        return self.chunks - len(self.pending())
+
+    def next_unverified(self, limit: int) -> list[int]:
+        """Up to ``limit`` unverified chunks: recently re-written ones first, then
+        round-robin from where the last call stopped."""
+        out: list[int] = []
+        taken: set[int] = set()
+        v, g = self._verified, self._gen
+        while self._recent and len(out) < limit:
+            c = next(iter(self._recent))
+            del self._recent[c]
+            if v[c] != g[c]:
+                out.append(c)
+                taken.add(c)
+        if len(out) >= limit:
+            return out
+        for _ in range(self.chunks):
+            c = self._cursor
+            self._cursor = (c + 1) % self.chunks
+            if v[c] != g[c] and c not in taken:
+                out.append(c)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def runs(self, chunks: list[int]) -> list[tuple[int, int]]:
+        """Sorted chunk indexes as contiguous byte ranges (offset, length)."""
+        out: list[tuple[int, int]] = []
+        for c in sorted(chunks):
+            off = c * self.chunk
+            n = min(self.chunk, self.size - off)
+            if out and out[-1][0] + out[-1][1] == off:
+                out[-1] = (out[-1][0], out[-1][1] + n)
+            else:
+                out.append((off, n))
+        return out

@@ -1,0 +1,178 @@
+"""A source daemon with sim VMs and a destination sink, as real processes.
+
+:class:`Site` writes both configs under ``root`` (rings in the test's shm
+directory), starts and restarts the daemons, talks to the daemon's Control
+service, and removes every guest process it may have left when the test
+ends (sim VMs deliberately outlive their daemon).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from e2e import free_port
+from procs import DaemonProcess, python_module, start_process
+
+from liftshift.daemon.errors import LiftshiftError, from_rpc_error
+from liftshift.v1 import control_pb2 as cpb
+from liftshift.v1 import control_pb2_grpc
+
+MiB = 1 << 20
+
+
+@dataclass
+class SimVmDef:
+    """One sim VM of the site."""
+
+    name: str
+    disks: list[tuple[str, int, int]]  # (name, size, fill)
+    rate_ops: float = 200.0
+    block_size: int = 4096
+    working_set: int = 0
+    power_on: bool = True
+
+    def toml(self) -> str:
+        out = [f'[[sim.vm]]\nname = "{self.name}"\npower_on = {str(self.power_on).lower()}\n'
+               f'workload = {{ rate_ops = {self.rate_ops}, block_size = {self.block_size}, '
+               f'working_set = {self.working_set}, seed = {zlib.crc32(self.name.encode()) % 1000} }}\n']
+        for name, size, fill in self.disks:
+            out.append(f'[[sim.vm.disks]]\nname = "{name}"\nsize = {size}\nfill = {fill}\n')
+        return "".join(out)
+
+
+@dataclass
+class Site:
+    """A daemon (source) and a sink (destination) on loopback."""
+
+    root: Path
+    shm: Path
+    vms: list[SimVmDef]
+    cleanup: Callable[[Callable[[], None]], object]
+    sink_port: int = field(default_factory=free_port)
+    daemon_port: int = field(default_factory=free_port)
+    daemon_extra: str = ""
+    sink: DaemonProcess | None = None
+    daemon: DaemonProcess | None = None
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sim_dir = self.root / "sim"
+        self.data = self.root / "sink-data"
+        self.cleanup(self.kill_guests)
+
+    @property
+    def destination(self) -> str:
+        return f"127.0.0.1:{self.sink_port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.daemon_port}"
+
+    def start_sink(self) -> DaemonProcess:
+        cfg = self.root / "sink.toml"
+        cfg.write_text(f'listen = "{self.destination}"\ndata_dir = "{self.data}"\nfsync_window_ms = 5\n'
+                       "stop_vms_on_exit = true\n")
+        pf = self.root / "sink.port"
+        self.sink = start_process(python_module("liftshift.sink.main", "--config", cfg, "--port-file", pf), pf,
+                                  cleanup=self.cleanup)
+        return self.sink
+
+    def daemon_config(self) -> Path:
+        cfg = self.root / "daemon.toml"
+        cfg.write_text(
+            f'listen = "{self.address}"\nstate_dir = "{self.root / "daemon-state"}"\nreconnect_max_s = 0.5\n'
+            f"progress_interval_ms = 100\n{self.daemon_extra}\n"
+            f'[sim]\ndir = "{self.sim_dir}"\nring_dir = "{self.shm}"\nring_capacity = {8 * MiB}\n'
+            + "".join(v.toml() for v in self.vms))
+        return cfg
+
+    def start_daemon(self) -> DaemonProcess:
+        cfg = self.daemon_config()
+        pf = self.root / "daemon.port"
+        pf.unlink(missing_ok=True)
+        self.daemon = start_process(python_module("liftshift.daemon.main", "--config", cfg, "--port-file", pf),
+                                    pf, cleanup=self.cleanup)
+        return self.daemon
+
+    def start(self) -> Site:
+        self.start_sink()
+        self.start_daemon()
+        return self
+
+    # -- control -------------------------------------------------------------
+
+    def stub(self) -> control_pb2_grpc.ControlStub:
+        return control_pb2_grpc.ControlStub(grpc.insecure_channel(self.address))
+
+    def call(self, method: str, request: object, timeout: float = 60) -> object:
+        """A Control RPC; a refusal is raised as the server's typed error."""
+        try:
+            return getattr(self.stub(), method)(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def migration(self, mid: str) -> cpb.Migration:
+        m = self.call("GetMigration", cpb.MigrationRef(migration_id=mid))
+        assert isinstance(m, cpb.Migration)
+        return m
+
+    def wait_state(self, mid: str, state: int, timeout: float = 120, vm: str | None = None) -> cpb.Migration:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.migration(mid)
+            except LiftshiftError:
+                time.sleep(0.1)
+                continue
+            current = last.state if vm is None else next(v.state for v in last.vms if v.vm == vm)
+            if current == state:
+                return last
+            time.sleep(0.05)
+        tail = self.daemon.log()[-4000:] if self.daemon else ""
+        raise AssertionError(f"migration {mid} did not reach {cpb.MigrationState.Name(state)} "
+                             f"within {timeout}s; last: {last}\n{tail}")
+
+    # -- files and processes --------------------------------------------------
+
+    def image(self, vm: str, disk: str) -> Path:
+        return self.sim_dir / vm / f"{disk}.img"
+
+    def shadow(self, mid: str, vm: str, disk: str) -> Path:
+        return self.data / f"{mid}.{vm}.{disk}-flat.vmdk"
+
+    def guest_pid(self, vm: str, where: str = "source") -> int:
+        path = self.sim_dir / vm / "guest.pid" if where == "source" else None
+        if path is None:
+            import json
+
+            rec = json.loads((self.data / ".liftshift-sink" / "vms" / f"{vm}.json").read_text())
+            return int(rec["pid"])
+        try:
+            return int(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def kill_guests(self) -> None:
+        """Kill every guest this site may have started (source and destination)."""
+        marker = b"liftshift.iofilter.guest"
+        roots = (str(self.sim_dir).encode(), str(self.data).encode())
+        for pid_dir in Path("/proc").iterdir():
+            if not pid_dir.name.isdigit():
+                continue
+            try:
+                cmd = (pid_dir / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmd and any(r in cmd for r in roots):
+                try:
+                    os.kill(int(pid_dir.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
