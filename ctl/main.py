@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0  # Ctrl-C is how a watch ends
         hint = None
         if args.command == "cutover":
-            hint = "the cutover goes on in the daemon; follow it with `liftshift status --watch`"
+            hint = "the daemon may still be cutting over: check with `liftshift status --watch`"
         out.fail("Interrupted", "interrupted", hint)
         return INTERRUPTED
     except Exception as e:  # a bug: one line, and the traceback on request

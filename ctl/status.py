@@ -21,6 +21,7 @@ import argparse
 import time
 from collections.abc import Callable, Iterable
 
+from google.protobuf.message import Message
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -64,27 +65,38 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 async def run(args: argparse.Namespace, client: Client, out: Output) -> int:
+    one: cpb.Migration | None = None
+    answer: Message
     if args.migration:
-        one = await client.get_migration(args.migration)
+        answer = one = await client.get_migration(args.migration)
         migrations = {one.id: one}
     else:
-        migrations = {m.id: m for m in (await client.list_migrations()).migrations}
+        answer = listed = await client.list_migrations()
+        migrations = {m.id: m for m in listed.migrations}
     if not args.watch:
         if out.json:
-            out.emit(one if args.migration else cpb.ListMigrationsResponse(migrations=migrations.values()))
+            out.emit(answer)
         elif not migrations:
             out.console.print("No unfinished migrations.")
         else:
             out.console.print(progress_table(migrations.values()))
         return 0
-    if args.migration and one.state in FINAL_STATES:
-        # Nothing more will happen: say how it ended.
-        if out.json:
-            out.emit(one)
-        else:
-            out.console.print(progress_table([one]))
-        return _ending(out, one)
+    if one is not None and one.state in FINAL_STATES:
+        return _already_ended(out, one)
     return await watch(args.migration, args.interval, client, out, migrations)
+
+
+def _already_ended(out: Output, m: cpb.Migration) -> int:
+    """Nothing more will happen: say how it ended, in the watch's own form."""
+    ev = cpb.MigrationEvent(time=time.time(), migration_id=m.id, kind=cpb.EVENT_KIND_STATE_CHANGED,
+                            state=m.state, message=f"already {state_label(m.state)}", migration=m)
+    if out.json:
+        out.emit_line(ev)
+    elif out.is_terminal:
+        out.console.print(progress_table([m]))
+    else:
+        out.line(event_line(ev))
+    return _ending(out, m)
 
 
 async def watch(mid: str, interval_ms: int, client: Client, out: Output, migrations: dict[str, cpb.Migration]) -> int:

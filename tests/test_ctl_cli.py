@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import re
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -275,9 +277,13 @@ async def test_status_watch_stops_by_itself_when_the_migration_completes(fake_ad
                                            "EVENT_KIND_CUTOVER_STEP"}
     assert events[-1]["migration"]["state"] == "MIGRATION_STATE_COMPLETED"
     assert all(e["migration_id"] == mid and "time" in e and "migration" in e for e in events)
-    # Already completed: one snapshot, no stream.
+    # Already completed: one line in the watch's form, no stream.
     r = await cli("status", mid, "--watch", address=addr)
-    assert r.rc == 0 and "completed" in r.out and fake.requests[-1][0] == "GetMigration"
+    assert r.rc == 0 and fake.requests[-1][0] == "GetMigration"
+    assert r.out.splitlines()[0].split(maxsplit=1)[1] == f"{mid} - state-changed completed: already completed"
+    r = await cli("--json", "status", mid, "--watch", address=addr)
+    (line,) = r.out.splitlines()
+    assert r.rc == 0 and json.loads(line)["migration"]["state"] == "MIGRATION_STATE_COMPLETED"
 
 
 async def test_status_watch_of_an_aborted_migration_fails(fake_addr: tuple[FakeControl, str]) -> None:
@@ -454,3 +460,91 @@ async def test_a_slow_daemon_exits_4_after_the_timeout(fake_addr: tuple[FakeCont
     r = await cli("--timeout", "0.5", "inventory", address=addr)
     assert r.rc == 4
     assert r.err.splitlines()[0] == f"liftshift: the liftshift daemon at {addr} did not answer within 0.5 s"
+
+
+# ---- terminals and Ctrl-C ----------------------------------------------------------
+
+async def forever(request: cpb.WatchRequest, f: FakeControl) -> AsyncIterator[cpb.MigrationEvent]:
+    """A Watch that streams progress until the client goes away."""
+    while True:
+        for m in f.migrations.values():
+            if m.id == request.migration_id or not request.migration_id:
+                yield event(f.progress(m.id, 0.3), cpb.EVENT_KIND_PROGRESS)
+        await asyncio.sleep(0.05)
+
+
+async def start_cli(*args: str, address: str, stdout: Any, env: dict[str, str] | None = None,
+                    ) -> asyncio.subprocess.Process:
+    """Start ``liftshift`` without waiting for it (stdout as given, stderr a pipe)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LIFTSHIFT_")}
+    full_env.update(env or {})
+    return await asyncio.create_subprocess_exec(str(SCRIPT), "--address", address, *args, stdout=stdout,
+                                                stderr=asyncio.subprocess.PIPE, env=full_env)
+
+
+async def wait_for_request(fake: FakeControl, method: str) -> None:
+    for _ in range(200):
+        if any(name == method for name, _ in fake.requests):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the CLI never called {method}")
+
+
+async def test_ctrl_c_ends_a_watch_quietly_and_interrupts_a_cutover_with_a_hint(
+        fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    fake.watch_script = forever
+    await cli("migrate", "create", "web-1", "--dest", "sink:50052", "--start", address=addr)
+    proc = await start_cli("status", "--watch", address=addr, stdout=asyncio.subprocess.PIPE)
+    await wait_for_request(fake, "Watch")
+    await asyncio.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0 and err == b""
+    assert b" web-1 progress syncing copied " in out
+
+    fake.delay["Cutover"] = 30
+    proc = await start_cli("cutover", "web-1", "--force", address=addr, stdout=asyncio.subprocess.PIPE)
+    await wait_for_request(fake, "Cutover")
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 130
+    assert err.decode().splitlines() == [
+        "liftshift: interrupted",
+        "  hint: the daemon may still be cutting over: check with `liftshift status --watch`"]
+
+
+async def test_status_watch_on_a_terminal_draws_progress_bars(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    fake.watch_script = run_to_completion(1.0, every=0.05)
+    await cli("migrate", "create", "web-1", "--dest", "sink:50052", "--start", address=addr)
+    (mid,) = fake.migrations
+    master, slave = pty.openpty()
+    try:
+        proc = await start_cli("status", mid, "--watch", address=addr, stdout=slave,
+                               env={"COLUMNS": "160", "TERM": "xterm-256color"})
+        os.close(slave)
+        reader = asyncio.create_task(asyncio.to_thread(read_all, master))
+        rc = await asyncio.wait_for(proc.wait(), 30)
+        screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", (await reader).decode(errors="replace"))
+    finally:
+        os.close(master)
+    assert rc == 0, screen
+    assert f"Watching migration {mid}" in screen
+    assert "━" in screen  # rich's progress bars
+    assert re.search(r"disk0\s+converged\s+━+\s+1.50 GiB / 1.50 GiB \(100%\)", screen)
+    assert f"{mid} web-1 cutover-step cutting-over: verifying" in screen
+    assert re.search(rf"{mid}\s+completed", screen)
+
+
+def read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # EIO: the other side closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
