@@ -36,7 +36,7 @@ import grpc
 
 from liftshift.iofilter import RingProducer, create_ring, remove_ring
 from liftshift.iofilter.ring import RingClosedError
-from liftshift.sink.destination import guest_command, pid_alive, spawn_guest, stop_guest
+from liftshift.sink.destination import guest_command, pid_alive, pid_exists, reap, spawn_guest, stop_guest
 from liftshift.v1 import common_pb2, destination_pb2_grpc
 from liftshift.v1 import destination_pb2 as dpb
 
@@ -150,7 +150,12 @@ class SimPlatform(Platform):
             return {}
 
     def running(self, vm: SimVm) -> bool:
-        return pid_alive(self._pid(vm), MARKER)
+        """The guest runs and has not reported that it stopped."""
+        pid = self._pid(vm)
+        if not pid_alive(pid, MARKER):
+            return False
+        st = self._status(vm)
+        return not (st.get("pid") == pid and st.get("running") is False)
 
     def _attached(self, vm: SimVm) -> bool:
         st = self._status(vm)
@@ -193,8 +198,10 @@ class SimPlatform(Platform):
 
     async def _wait_status(self, vm: SimVm, ok: Any, what: str) -> None:
         deadline = time.monotonic() + _ATTACH_WAIT_S
+        pid = self._pid(vm)
         while not ok(self._status(vm)):
-            if not self.running(vm):
+            reap(pid)
+            if not pid_exists(pid):
                 raise FailedPrecondition(f"VM {vm.name}: the guest exited during {what}",
                                          hint=f"see {self._vm_dir(vm) / 'guest.log'}")
             if time.monotonic() > deadline:

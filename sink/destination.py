@@ -46,17 +46,28 @@ SERVICE_NAME = dpb.DESCRIPTOR.services_by_name["Destination"].full_name
 _STOP_WAIT_S = 10.0
 
 
-def pid_alive(pid: int, marker: str) -> bool:
-    """True when ``pid`` runs and its command line contains ``marker`` (pids get reused)."""
+def pid_exists(pid: int) -> bool:
+    """True when ``pid`` is a process that has not exited (a zombie has)."""
     if pid <= 0:
         return False
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    # A zombie has exited: it is not running, whoever reaps it.
-    return marker.encode() in cmdline and stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def pid_alive(pid: int, marker: str) -> bool:
+    """True when ``pid`` runs and its command line contains ``marker`` (pids get
+    reused).  A process started a moment ago may not show its command line
+    yet: callers that just spawned it use :func:`pid_exists`."""
+    if not pid_exists(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return marker.encode() in cmdline
 
 
 def guest_command(disks: list[str], guest: common_pb2.SimGuest, status: Path, rings: list[str] | None = None,
@@ -106,7 +117,7 @@ async def stop_guest(pid: int, marker: str, timeout: float = _STOP_WAIT_S, statu
         return
     deadline = time.monotonic() + timeout
     while pid_alive(pid, marker) and not _stopped(status, pid):
-        _reap(pid)
+        reap(pid)
         if time.monotonic() > deadline:
             log.warning("guest %d did not stop within %.0fs: killing it", pid, timeout)
             try:
@@ -115,10 +126,10 @@ async def stop_guest(pid: int, marker: str, timeout: float = _STOP_WAIT_S, statu
                 pass
             deadline = time.monotonic() + timeout
         await asyncio.sleep(0.002)
-    _reap(pid)
+    reap(pid)
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:

@@ -9,9 +9,9 @@ ends (sim VMs deliberately outlive their daemon).
 from __future__ import annotations
 
 import os
-import zlib
 import signal
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
