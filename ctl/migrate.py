@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -178,32 +179,40 @@ def detail_view(m: cpb.Migration) -> Group:
     grid.add_row("created", clock(m.created_at))
     grid.add_row("updated", clock(m.updated_at))
 
-    table = Table(title="VMs and vdisks", title_justify="left")
+    # Light rules and narrow padding: this table is wide.  What is only
+    # sometimes worth saying (dirty bytes, re-sent bytes, errors) goes below it.
+    table = Table(title="VMs and vdisks", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
     table.add_column("VM / DISK", no_wrap=True)
-    table.add_column("VDISK ID", no_wrap=True, overflow="fold")
-    table.add_column("STATE")
-    for col in ("SIZE", "COPIED", "LIVE", "DIRTY", "BACKLOG", "BANDWIDTH", "ETA", "LAG"):
+    table.add_column("VDISK ID", no_wrap=True)
+    table.add_column("STATE", no_wrap=True)
+    for col in ("COPIED", "LIVE", "BACKLOG", "BANDWIDTH", "ETA", "LAG"):
         table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("CONN")
-    table.add_column("NOTES")
+    table.add_column("CONN", no_wrap=True)
+    notes: list[Text] = []
     for vm in m.vms:
         vdone, vtotal = background(vm.vdisks)
-        table.add_row(Text(vm.vm, style="bold"), "", state_text(vm.state), "",
-                      copied(vdone, vtotal), "", "", fmt_bytes(vm.backlog_bytes), "",
-                      fmt_duration(vm.eta_seconds), "", "", Text(vm.error, style="red"))
+        table.add_row(Text(vm.vm, style="bold"), "", state_text(vm.state), copied(vdone, vtotal), "",
+                      fmt_bytes(vm.backlog_bytes), "", fmt_duration(vm.eta_seconds), "", "")
+        if vm.error:
+            notes.append(Text(f"{vm.vm}: {vm.error}", style="red"))
         for i, d in enumerate(vm.vdisks):
-            notes = [f"resent {fmt_bytes(d.resent_bytes)}"] if d.resent_bytes else []
-            if d.ring_overflows:
-                notes.append(f"{d.ring_overflows} ring overflows")
-            if d.last_error:
-                notes.append(d.last_error)
-            table.add_row(f"  {d.name}", d.vdisk_id, replication_label(d.state), fmt_bytes(d.size_bytes),
-                          copied(d.background_done_bytes, d.background_total_bytes),
-                          fmt_bytes(d.live_bytes), fmt_bytes(d.dirty_bytes), fmt_bytes(d.backlog_bytes),
-                          fmt_rate(d.bandwidth_bytes_per_s), fmt_duration(d.eta_seconds),
-                          fmt_duration(d.lag_seconds), yes_no(d.connected), "; ".join(notes),
+            table.add_row(f"  {d.name}", d.vdisk_id, replication_label(d.state),
+                          copied(d.background_done_bytes, d.background_total_bytes), fmt_bytes(d.live_bytes),
+                          fmt_bytes(d.backlog_bytes), fmt_rate(d.bandwidth_bytes_per_s),
+                          fmt_duration(d.eta_seconds), fmt_duration(d.lag_seconds), yes_no(d.connected),
                           end_section=i == len(vm.vdisks) - 1)
-    parts: list = [grid, table]
+            said = [f"size {fmt_bytes(d.size_bytes)}"]
+            if d.dirty_bytes:
+                said.append(f"dirty {fmt_bytes(d.dirty_bytes)}")
+            if d.resent_bytes:
+                said.append(f"re-sent {fmt_bytes(d.resent_bytes)}")
+            if d.ring_overflows:
+                said.append(f"{d.ring_overflows} ring overflows")
+            if d.last_error:
+                said.append(f"last error: {d.last_error}")
+            if len(said) > 1:
+                notes.append(Text(f"{vm.vm}/{d.name}: " + ", ".join(said), style="red" if d.last_error else ""))
+    parts: list = [grid, table, *notes]
     reports = [vm.cutover for vm in m.vms if vm.HasField("cutover") and vm.cutover.vm]
     if reports:
         parts.append(reports_view(reports, title="Cutover reports"))

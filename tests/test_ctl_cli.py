@@ -205,9 +205,13 @@ async def test_migrate_list_and_show(fake_addr: tuple[FakeControl, str]) -> None
     r = await cli("migrate", "show", a, address=addr)
     assert r.rc == 0, r
     assert re.search(r"allowed now\s+pause, force-cutover, abort", r.out)
-    disk0 = next(row for row in rows(r.out, "disk0"))
-    assert disk0[1:4] == ["web-1-disk0", "copying", "4.00 GiB"] and disk0[4] == "384.0 MiB / 1.50 GiB (25%)"
-    assert "Cutover reports" not in r.out
+    assert re.search(r"^\s+disk0\s+web-1-disk0\s+copying\s+384.0 MiB / 1.50 GiB \(25%\)\s", r.out, re.M)
+    assert re.search(r"^\s+web-1\s+syncing\s+400.0 MiB / 1.56 GiB \(25%\)\s", r.out, re.M)
+    assert "Cutover reports" not in r.out and "web-1/disk0:" not in r.out
+    disk0 = fake.migrations[a].vms[0].vdisks[0]
+    disk0.resent_bytes, disk0.last_error = MiB, "sink restarted"
+    r = await cli("migrate", "show", a, address=addr)
+    assert "web-1/disk0: size 4.00 GiB, re-sent 1.00 MiB, last error: sink restarted" in r.out
 
     await cli("cutover", "web-1", "--force", address=addr)
     r = await cli("migrate", "show", a, address=addr)
