@@ -625,6 +625,7 @@ class Migrations:
             backlog = 0
             vm_eta = 0.0
             for d in v.disks:
+                self._snapshot(d)  # fresh numbers for a vdisk being replicated
                 p = self.last_progress.get(d.vdisk_id) or cpb.VdiskProgress(name=d.name, vdisk_id=d.vdisk_id,
                                                                               size_bytes=d.size, eta_seconds=-1)
                 if d.vdisk_id not in self.replicators:
@@ -670,16 +671,17 @@ class Migrations:
     async def watch(self, mid: str, interval: float = 0.5) -> AsyncIterator[cpb.MigrationEvent]:
         """Events of one migration (or all); ends when that migration is final.
         Progress events come at most every ``interval`` seconds per migration."""
-        if mid:
-            m = self.get(mid)
-            yield cpb.MigrationEvent(time=time.time(), migration_id=m.id, kind=cpb.EVENT_KIND_PROGRESS,
-                                     state=_STATE_PB[m.state], migration=self.describe(m))
-            if m.state in FINAL:
-                return
         q: asyncio.Queue[cpb.MigrationEvent] = asyncio.Queue(maxsize=256)
+        m = self.get(mid) if mid else None
+        # Subscribed before the first snapshot goes out: nothing after it is missed.
         self._subs.add(q)
         last_progress: dict[str, float] = {}
         try:
+            if m is not None:
+                yield cpb.MigrationEvent(time=time.time(), migration_id=m.id, kind=cpb.EVENT_KIND_PROGRESS,
+                                         state=_STATE_PB[m.state], migration=self.describe(m))
+                if m.state in FINAL:
+                    return
             while True:
                 ev = await q.get()
                 if not ev.migration_id:

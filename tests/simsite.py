@@ -37,11 +37,13 @@ class SimVmDef:
     block_size: int = 4096
     working_set: int = 0
     power_on: bool = True
+    boot_digest: bool = False
 
     def toml(self) -> str:
         out = [f'[[sim.vm]]\nname = "{self.name}"\npower_on = {str(self.power_on).lower()}\n'
                f'workload = {{ rate_ops = {self.rate_ops}, block_size = {self.block_size}, '
-               f'working_set = {self.working_set}, seed = {zlib.crc32(self.name.encode()) % 1000} }}\n']
+               f'working_set = {self.working_set}, seed = {zlib.crc32(self.name.encode()) % 1000}, '
+               f'boot_digest = {str(self.boot_digest).lower()} }}\n']
         for name, size, fill in self.disks:
             out.append(f'[[sim.vm.disks]]\nname = "{name}"\nsize = {size}\nfill = {fill}\n')
         return "".join(out)
@@ -58,6 +60,7 @@ class Site:
     sink_port: int = field(default_factory=free_port)
     daemon_port: int = field(default_factory=free_port)
     daemon_extra: str = ""
+    boot_digest: bool = False  # every VM's guest reports the digests of what it booted from
     sink: DaemonProcess | None = None
     daemon: DaemonProcess | None = None
 
@@ -66,6 +69,8 @@ class Site:
         self.sim_dir = self.root / "sim"
         self.data = self.root / "sink-data"
         self.cleanup(self.kill_guests)
+        for v in self.vms:
+            v.boot_digest = v.boot_digest or self.boot_digest
 
     @property
     def destination(self) -> str:
