@@ -87,6 +87,11 @@ class Client:
             why = details.rsplit(": ", 1)[-1].strip(" []")
             return Unavailable(f"cannot reach the liftshift daemon at {self.address} ({why})",
                                hint=f"check that liftshift-daemon is running and listening on {self.address}")
+        if not from_server and code == grpc.StatusCode.CANCELLED:
+            # Our own cancellations raise asyncio.CancelledError: this one is
+            # the daemon going away mid-call (shutting down).
+            return Unavailable(f"the liftshift daemon at {self.address} cancelled the call (shutting down?)",
+                               hint=f"check that liftshift-daemon is running and listening on {self.address}")
         if not from_server and code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return Unavailable(f"the liftshift daemon at {self.address} did not answer within {timeout:g} s",
                                hint=f"check the daemon at {self.address}, or allow a longer timeout")

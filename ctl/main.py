@@ -15,11 +15,16 @@ import os
 import sys
 import traceback
 
-from liftshift.daemon.errors import LiftshiftError
+# gRPC's C core logs connection events (a daemon restarting: "Got goaway")
+# on stderr; the CLI's stderr is for its own error lines and JSON.  This has
+# to be set before grpc is imported.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from . import cutover, inventory, migrate, replication, status
-from .client import DEFAULT_ADDRESS, Client
-from .output import EXIT_CODES_HELP, EXIT_FAILED, Output
+from liftshift.daemon.errors import LiftshiftError  # noqa: E402
+
+from . import cutover, inventory, migrate, replication, status  # noqa: E402
+from .client import DEFAULT_ADDRESS, Client  # noqa: E402
+from .output import EXIT_CODES_HELP, EXIT_FAILED, Output  # noqa: E402
 
 INTERRUPTED = 130
 

@@ -114,6 +114,13 @@ class Output:
             print(f"  hint: {hint}", file=self.stderr)
         self.stderr.flush()
 
+    def notice(self, message: str) -> None:
+        """Something a person should know that is not a failure (stderr)."""
+        if self.json:
+            print(json.dumps({"notice": message}), file=self.stderr, flush=True)
+        else:
+            print(f"liftshift: {message}", file=self.stderr, flush=True)
+
     def error(self, err: LiftshiftError) -> int:
         """Report a typed error; returns the exit code for it."""
         self.fail(type(err).__name__, err.message, err.hint)

@@ -12,14 +12,17 @@ migration is completed or aborted (or Ctrl-C), in one of three forms:
   ``PROGRESS_EVERY`` seconds;
 * with ``--json``, every event as one JSON object per line.
 
+A watch survives a daemon restart: it reconnects for up to a minute.
+
 A watched migration that ends aborted makes the command fail (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 from google.protobuf.message import Message
 from rich.live import Live
@@ -27,6 +30,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from liftshift.daemon.errors import Unavailable
 from liftshift.v1 import control_pb2 as cpb
 
 from .client import Client
@@ -45,6 +49,8 @@ from .output import (
 from .units import fmt_bytes, fmt_duration, fmt_rate
 
 PROGRESS_EVERY = 2.0
+# How long a watch keeps trying to reach a daemon it lost.
+RECONNECT_FOR = 60.0
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -88,8 +94,7 @@ async def run(args: argparse.Namespace, client: Client, out: Output) -> int:
 
 def _already_ended(out: Output, m: cpb.Migration) -> int:
     """Nothing more will happen: say how it ended, in the watch's own form."""
-    ev = cpb.MigrationEvent(time=time.time(), migration_id=m.id, kind=cpb.EVENT_KIND_STATE_CHANGED,
-                            state=m.state, message=f"already {state_label(m.state)}", migration=m)
+    ev = finished_event(m)
     if out.json:
         out.emit_line(ev)
     elif out.is_terminal:
@@ -100,33 +105,75 @@ def _already_ended(out: Output, m: cpb.Migration) -> int:
 
 
 async def watch(mid: str, interval_ms: int, client: Client, out: Output, migrations: dict[str, cpb.Migration]) -> int:
-    """Follow the Watch stream until ``mid`` ends (or forever for "")."""
-    plain = PlainLines(out.line)
+    """Follow the Watch stream until ``mid`` ends (or until Ctrl-C for "")."""
+    events = follow(client, mid, interval_ms, out.notice)
     if out.json or not out.is_terminal:
-        async for ev in client.watch(mid, interval_ms):
+        plain = PlainLines(out.line)
+        async for ev in events:
             if out.json:
                 out.emit_line(ev)
             else:
                 plain.event(ev)
             if mid and _ended(ev, mid):
                 return _ending(out, ev.migration)
-    else:
-        out.console.print(Text.assemble("Watching ", ("migration " + mid if mid else "every migration", "bold"),
-                                        " (Ctrl-C to stop)", style="dim"))
-        with Live(progress_table(migrations.values()), console=out.console, refresh_per_second=4) as live:
-            async for ev in client.watch(mid, interval_ms):
-                if ev.HasField("migration"):
-                    migrations[ev.migration.id or ev.migration_id] = ev.migration
-                if ev.kind != cpb.EVENT_KIND_PROGRESS:
-                    live.console.print(event_text(ev))
-                live.update(progress_table(migrations.values()))
-                if mid and _ended(ev, mid):
-                    return _ending(out, ev.migration)
-    if mid:
-        out.fail("Unavailable", f"the daemon ended the watch of migration {mid} before it finished",
-                 f"see `liftshift migrate show {mid}`")
-        return EXIT_FAILED
+        return 0
+    out.console.print(Text.assemble("Watching ", ("migration " + mid if mid else "every migration", "bold"),
+                                    " (Ctrl-C to stop)", style="dim"))
+    with Live(progress_table(migrations.values()), console=out.console, refresh_per_second=4) as live:
+        async for ev in events:
+            if ev.HasField("migration"):
+                migrations[ev.migration.id or ev.migration_id] = ev.migration
+            if ev.kind != cpb.EVENT_KIND_PROGRESS:
+                live.console.print(event_text(ev))
+            live.update(progress_table(migrations.values()))
+            if mid and _ended(ev, mid):
+                return _ending(out, ev.migration)
     return 0
+
+
+async def follow(client: Client, mid: str, interval_ms: int,
+                 notice: Callable[[str], None]) -> AsyncIterator[cpb.MigrationEvent]:
+    """The Watch stream, re-opened while the daemon cannot be reached.
+
+    A daemon restart resumes every migration, so a watch outlives one: for
+    up to ``RECONNECT_FOR`` seconds it retries (with backoff), then gives up
+    with the last error.  With an id it ends after the event that shows the
+    migration completed or aborted (the caller stops there).
+    """
+    lost_since: float | None = None
+    last: Unavailable | None = None
+    delay = 0.25
+    while True:
+        try:
+            if lost_since is not None and mid:
+                m = await client.get_migration(mid)
+                if m.state in FINAL_STATES:  # it ended while we were away
+                    yield finished_event(m)
+                    return
+            async for ev in client.watch(mid, interval_ms):
+                if lost_since is not None:
+                    notice(f"reconnected to the daemon at {client.address}")
+                    lost_since, last, delay = None, None, 0.25
+                yield ev
+            if not mid:
+                return
+            why = f"the daemon at {client.address} ended the watch of {mid} before it finished"
+        except Unavailable as e:
+            last, why = e, e.message
+        now = time.monotonic()
+        if lost_since is None:
+            lost_since = now
+            notice(f"{why}; reconnecting for up to {RECONNECT_FOR:.0f} s")
+        elif now - lost_since > RECONNECT_FOR:
+            raise last or Unavailable(why, hint=f"see `liftshift migrate show {mid}`")
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, 5.0)
+
+
+def finished_event(m: cpb.Migration) -> cpb.MigrationEvent:
+    """A state-changed event for a migration found already completed or aborted."""
+    return cpb.MigrationEvent(time=time.time(), migration_id=m.id, kind=cpb.EVENT_KIND_STATE_CHANGED,
+                              state=m.state, message=f"already {state_label(m.state)}", migration=m)
 
 
 def _ended(ev: cpb.MigrationEvent, mid: str) -> bool:

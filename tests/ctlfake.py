@@ -289,11 +289,11 @@ def run_to_completion(seconds: float, every: float = 0.05, end_stream: bool = Tr
 
 
 @asynccontextmanager
-async def serve(fake: FakeControl) -> AsyncIterator[str]:
-    """Serve ``fake`` on 127.0.0.1 (port 0); yields its address."""
+async def serve(fake: FakeControl, port: int = 0) -> AsyncIterator[str]:
+    """Serve ``fake`` on 127.0.0.1 (port 0: any free one); yields its address."""
     server: grpc.aio.Server = make_server(16 << 20)
     control_pb2_grpc.add_ControlServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     try:
         yield f"127.0.0.1:{port}"

@@ -552,3 +552,49 @@ def read_all(fd: int) -> bytes:
             break
         chunks.append(data)
     return b"".join(chunks)
+
+
+# ---- a watch outlives a daemon restart -----------------------------------------------
+
+async def test_status_watch_reconnects_after_a_daemon_restart() -> None:
+    fake, port = FakeControl(), free_port()
+    addr = f"127.0.0.1:{port}"
+    fake.watch_script = forever
+    async with serve(fake, port):
+        await cli("migrate", "create", "web-1", "--dest", "sink:50052", "--start", address=addr)
+        (mid,) = fake.migrations
+        proc = await start_cli("status", mid, "--watch", address=addr, stdout=asyncio.subprocess.PIPE)
+        await wait_for_request(fake, "Watch")
+        await asyncio.sleep(0.3)
+    # The daemon is gone for a while, then back and the migration goes on.
+    await asyncio.sleep(1.0)
+    assert proc.returncode is None
+    fake.watch_script = run_to_completion(0.3, every=0.05)
+    async with serve(fake, port):
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    notices = err.decode().splitlines()
+    assert notices[0].startswith("liftshift: ") and notices[0].endswith("; reconnecting for up to 60 s")
+    assert notices[1:] == [f"liftshift: reconnected to the daemon at {addr}"]
+    assert out.decode().splitlines()[-1].endswith("state-changed completed: every VM runs at the destination")
+
+
+async def test_status_watch_of_a_migration_that_finished_while_the_daemon_was_away() -> None:
+    fake, port = FakeControl(), free_port()
+    addr = f"127.0.0.1:{port}"
+    fake.watch_script = forever
+    async with serve(fake, port):
+        await cli("migrate", "create", "web-1", "--dest", "sink:50052", "--start", address=addr)
+        (mid,) = fake.migrations
+        proc = await start_cli("--json", "status", mid, "--watch", address=addr, stdout=asyncio.subprocess.PIPE)
+        await wait_for_request(fake, "Watch")
+        await asyncio.sleep(0.3)
+    fake._set_state(fake.migrations[mid], Event.ABORT)
+    async with serve(fake, port):
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1  # it was aborted
+    last = json.loads(out.decode().splitlines()[-1])
+    assert last["kind"] == "EVENT_KIND_STATE_CHANGED" and last["message"] == "already aborted"
+    lines = [json.loads(line) for line in err.decode().splitlines()]
+    assert "reconnecting" in lines[0]["notice"]
+    assert lines[-1] == {"error": {"type": "Aborted", "message": f"migration {mid} was aborted", "hint": ""}}
