@@ -28,9 +28,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser(
         "cutover", parents=[common], help="cut VMs over to the destination",
         usage="liftshift cutover VM [--force] | --group MIGRATION [--force] | --auto MIGRATION",
-        description="Cut over one VM (of its unfinished migration), every VM of a migration one after another "
-                    "(--group), or turn on automatic cutover: each VM as soon as it converges (--auto). "
-                    "Prints per VM whether the disks were proven identical, the downtime and its parts.",
+        description="Cut over one VM (of its unfinished migration), every VM of a migration one after\n"
+                    "another (--group), or turn on automatic cutover: each VM as soon as it converges (--auto).\n\n"
+                    "A cutover stops the source VM, drains its last writes, proves the shadow identical by\n"
+                    "XXH3-128 and powers the VM on at the destination; the command waits for it (no --timeout).\n"
+                    "Prints per VM whether the disks were proven identical, the downtime and its parts; exits 1\n"
+                    "if a VM's disks were not proven identical.",
         epilog="examples:\n  liftshift cutover web-1\n  liftshift cutover --group m-1a2b --force\n"
                "  liftshift cutover --auto m-1a2b",
         formatter_class=argparse.RawDescriptionHelpFormatter)

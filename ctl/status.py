@@ -53,19 +53,32 @@ PROGRESS_EVERY = 2.0
 RECONNECT_FOR = 60.0
 
 
+def _milliseconds(text: str) -> int:
+    try:
+        ms = int(text)
+    except ValueError:
+        ms = 0
+    if not 0 < ms < 1 << 32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of milliseconds")
+    return ms
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("status", parents=[common], help="progress of migrations (once, or live with --watch)",
-                       description="Migrations, their VMs and vdisks: copy progress, live (foreground) bytes, "
-                                   "backlog, bandwidth, ETA, lag and state. With --watch, follow them live until "
-                                   "the migration is completed or aborted, or Ctrl-C (when stdout is not a "
-                                   "terminal: one line per event and a progress line per VM every 2 s).",
+                       description="Migrations, their VMs and vdisks: copy progress, live (foreground) bytes,\n"
+                                   "backlog, bandwidth, ETA, lag and state.\n\n"
+                                   "With --watch, follow them live until the migration is completed or aborted\n"
+                                   "(exit 1 if aborted), or Ctrl-C (exit 0). When stdout is not a terminal, print\n"
+                                   "one line per state change, cutover step or error and a progress line per VM\n"
+                                   "at most every 2 s; with --json, one JSON object per event. A watch survives a\n"
+                                   "daemon restart (it reconnects for up to 60 s).",
                        epilog="examples:\n  liftshift status\n  liftshift status m-1a2b --watch\n"
                               "  liftshift status m-1a2b --watch --json | jq .kind",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("migration", nargs="?", default="", metavar="MIGRATION",
                    help="one migration (default: every unfinished one)")
     p.add_argument("--watch", "-w", action="store_true", help="follow progress live")
-    p.add_argument("--interval", type=int, default=500, metavar="MS",
+    p.add_argument("--interval", type=_milliseconds, default=500, metavar="MS",
                    help="progress events at most this often, in milliseconds (default 500)")
     p.set_defaults(run=run)
 

@@ -98,6 +98,7 @@ async def test_help_documents_commands_and_exit_codes() -> None:
     (["cutover", "--auto", "m-1", "--force"], "--force does not apply to --auto"),
     (["--timeout", "0", "inventory"], "not a positive number of seconds"),
     (["verify", "v1", "--max-rounds", "0"], "not a positive whole number"),
+    (["status", "--watch", "--interval", "-5"], "'-5' is not a positive number of milliseconds"),
 ])
 async def test_usage_errors_exit_2_without_calling_the_daemon(args: list[str], complaint: str,
                                                               fake_addr: tuple[FakeControl, str]) -> None:
