@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0  # Ctrl-C is how a watch ends
         hint = None
         if args.command == "cutover":
-            hint = "the daemon may still be cutting over: check with `liftshift status --watch`"
+            hint = "the daemon finishes the cutover on its own: follow it with `liftshift status --watch`"
         out.fail("Interrupted", "interrupted", hint)
         return INTERRUPTED
     except Exception as e:  # a bug: one line, and the traceback on request

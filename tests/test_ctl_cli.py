@@ -516,7 +516,7 @@ async def test_ctrl_c_ends_a_watch_quietly_and_interrupts_a_cutover_with_a_hint(
     assert proc.returncode == 130
     assert err.decode().splitlines() == [
         "liftshift: interrupted",
-        "  hint: the daemon may still be cutting over: check with `liftshift status --watch`"]
+        "  hint: the daemon finishes the cutover on its own: follow it with `liftshift status --watch`"]
 
 
 async def test_status_watch_on_a_terminal_draws_progress_bars(fake_addr: tuple[FakeControl, str]) -> None:
