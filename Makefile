@@ -13,7 +13,7 @@ LIB    := build/lib/libliftshift_ring.so
 STRESS := build/bin/ring_stress
 C_SRC  := iofilter/liftshift_ring.c iofilter/liftshift_ring.h
 
-.PHONY: all venv cbuild proto test bench lint clean
+.PHONY: all venv cbuild proto test bench lint clean demo
 
 all: venv cbuild
 
@@ -40,6 +40,11 @@ cbuild: $(LIB) $(STRESS)
 PROTOS := $(wildcard proto/liftshift/v1/*.proto)
 proto: venv
 	$(PY) -m grpc_tools.protoc -I proto --python_out=proto --grpc_python_out=proto --pyi_out=proto $(PROTOS)
+
+# A live migration end to end on this machine (sink + daemon + a sim VM on
+# loopback, in a temporary directory); leaves nothing running.
+demo: venv
+	$(PY) -m liftshift.ctl.demo
 
 test: venv cbuild
 	$(PY) -m pytest $(PYTEST_ARGS)

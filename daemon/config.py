@@ -156,10 +156,19 @@ def load(cls: type[T], path: str | os.PathLike[str] | None, env_prefix: str,
     return _build(cls, table, source)
 
 
-def describe(cls: type) -> list[tuple[str, str, str]]:
-    """(key, default, help) for every field, for docs and ``--help-config``."""
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every field, for docs and ``--print-config-reference``;
+    nested tables and arrays of tables are listed key by key (``sim.vm.disks.size``)."""
     out = []
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        inner = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
+        if isinstance(inner, type) and dataclasses.is_dataclass(inner):
+            kind = "array of tables" if inner is not tp else "table"
+            out.append((prefix + f.name, f"({kind})", f.metadata.get("help", "")))
+            out.extend(describe(inner, prefix + f.name + "."))
+            continue
         if f.default is not dataclasses.MISSING:
             size_default = f.metadata.get("size") and isinstance(f.default, int)
             if size_default:
@@ -172,5 +181,5 @@ def describe(cls: type) -> list[tuple[str, str, str]]:
             default = repr(f.default_factory())
         else:
             default = "(required)"
-        out.append((f.name, default, f.metadata.get("help", "")))
+        out.append((prefix + f.name, default, f.metadata.get("help", "")))
     return out

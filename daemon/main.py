@@ -22,7 +22,7 @@ from .vdisk import VdiskReplicator
 log = logging.getLogger("liftshift.daemon")
 
 
-async def serve(cfg: DaemonConfig, port_file: Path | None) -> None:
+async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | None = None) -> None:
     """Run the daemon until SIGTERM."""
     store = StateStore(cfg.state_dir / "daemon.db")
     replicators: dict[str, VdiskReplicator] = {}
@@ -47,7 +47,9 @@ async def serve(cfg: DaemonConfig, port_file: Path | None) -> None:
             r.start()
         await service.mark_serving(hs, names)
         if port_file is not None:
-            port_file.write_text(f"{port}\n")
+            tmp = port_file.with_name(f".{port_file.name}.tmp")
+            tmp.write_text(f"{port}\n")
+            tmp.replace(port_file)  # a reader never sees half a number
         log.info("liftshift-daemon listening on %s (port %d), platform %s with %d VM(s), %d migration(s)",
                  cfg.listen, port, platform.name, len(platform.vms), len(migrations.recs))
 
@@ -61,7 +63,17 @@ async def serve(cfg: DaemonConfig, port_file: Path | None) -> None:
 
         return stop
 
-    await service.run(start)
+    async def reload() -> None:
+        """SIGHUP: re-read the file and apply ``log_level``; other keys need a restart."""
+        try:
+            new = config.load(DaemonConfig, config_path, "LIFTSHIFT_DAEMON_")
+        except LiftshiftError as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+            return
+        logging.getLogger().setLevel(new.log_level.upper())
+        log.info("reloaded %s: log_level=%s (other keys take effect at restart)", config_path, new.log_level)
+
+    await service.run(start, reload)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config_reference:
         print("| key | default | meaning |\n|---|---|---|")
         for key, default, text in config.describe(DaemonConfig):
-            print(f"| `{key}` | `{default}` | {text} |")
+            shown = default.replace("|", "\\|")
+            print(f"| `{key}` | `{shown}` | {text} |")
         return 0
     try:
         cfg = config.load(DaemonConfig, args.config, "LIFTSHIFT_DAEMON_")
@@ -83,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tune_malloc()
     try:
-        service.main_loop(lambda: serve(cfg, args.port_file))
+        service.main_loop(lambda: serve(cfg, args.port_file, args.config))
     except LiftshiftError as e:
         log.error("%s", e)
         return 1

@@ -49,7 +49,8 @@ from .verifymap import VerifyMap
 
 log = logging.getLogger("liftshift.daemon.migrations")
 
-VERIFY_CHUNK = 1 << 20
+# Verification granularity: a 4 KiB guest write re-opens this much for hashing.
+VERIFY_CHUNK = 256 << 10
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
 _DIVERGE_FACTOR = 4  # a converged VM falls back to syncing when its backlog exceeds this x the threshold
 _STATE_PB = {State.CREATED: cpb.MIGRATION_STATE_CREATED, State.SYNCING: cpb.MIGRATION_STATE_SYNCING,
@@ -469,11 +470,19 @@ class Migrations:
                 for v in m.vms:
                     self._converge(m, v)
                 if m.auto_cutover and not self._cutover_running(m):
-                    ready = [v for v in m.vms if v.state is State.CONVERGED]
+                    ready = [v for v in m.vms if v.state is State.CONVERGED and self._verified_ahead(m, v)]
                     if ready:
                         self._begin_cutover(m, ready[0], False)
             await self._preverify(m)
             self._emit(m, None, cpb.EVENT_KIND_PROGRESS, "")
+
+    def _verified_ahead(self, m: MigrationRec, v: VmRec) -> bool:
+        """Automatic cutover waits until every chunk has been proven identical
+        once, so what is hashed at cutover is what the guest wrote lately,
+        not the whole disk."""
+        if self.cfg.preverify_bytes_per_s <= 0:
+            return True
+        return all(self._vmap(d).first_pass_done() for d in v.disks)
 
     def _cutover_running(self, m: MigrationRec) -> bool:
         return any(not t.done() for (mid, _), t in self._cutovers.items() if mid == m.id)
@@ -610,7 +619,7 @@ class Migrations:
             dirty_bytes=r.core.dirty_bytes, backlog_bytes=backlog, lag_seconds=r.lag_seconds(),
             bandwidth_bytes_per_s=bps, eta_seconds=(backlog / bps if bps > 0 else (0.0 if backlog == 0 else -1.0)),
             resent_bytes=p.resent_bytes, ring_overflows=r.consumer.counters()["overflows"],
-            last_error=r.stats.last_error)
+            last_error=r.stats.last_error, verified_bytes=min(d.size, self._vmap(d).verified_count() * VERIFY_CHUNK))
 
     def describe(self, m: MigrationRec) -> cpb.Migration:
         """The Migration message for ``m``."""

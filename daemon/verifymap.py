@@ -44,6 +44,7 @@ class VerifyMap:
         # Chunks that were verified and then written: re-verified first, so the
         # backlog at cutover is what was written lately, whatever the disk size.
         self._recent: dict[int, None] = {}
+        self._ever = 0  # chunks verified at least once
         for i in range(self.chunks):
             self._gen[i] = 1
 
@@ -67,8 +68,15 @@ class VerifyMap:
         """The chunk's hashes matched; it counts if nothing was shipped since begin."""
         if self._gen[chunk] != gen_at_begin:
             return False
+        if self._verified[chunk] == 0:
+            self._ever += 1
         self._verified[chunk] = gen_at_begin
         return True
+
+    def first_pass_done(self) -> bool:
+        """Every chunk has been proven identical at least once (what is left
+        pending now is what the guest wrote since)."""
+        return self._ever == self.chunks
 
     def is_verified(self, chunk: int) -> bool:
         return self._verified[chunk] == self._gen[chunk]
