@@ -619,7 +619,8 @@ class Migrations:
             dirty_bytes=r.core.dirty_bytes, backlog_bytes=backlog, lag_seconds=r.lag_seconds(),
             bandwidth_bytes_per_s=bps, eta_seconds=(backlog / bps if bps > 0 else (0.0 if backlog == 0 else -1.0)),
             resent_bytes=p.resent_bytes, ring_overflows=r.consumer.counters()["overflows"],
-            last_error=r.stats.last_error, verified_bytes=min(d.size, self._vmap(d).verified_count() * VERIFY_CHUNK))
+            last_error=r.stats.last_error, verified_bytes=min(d.size, self._vmap(d).verified_count() * VERIFY_CHUNK),
+            verified_once=self._vmap(d).first_pass_done())
 
     def describe(self, m: MigrationRec) -> cpb.Migration:
         """The Migration message for ``m``."""

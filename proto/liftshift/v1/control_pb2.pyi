@@ -209,7 +209,7 @@ class MigrationRef(_message.Message):
     def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
 
 class VdiskProgress(_message.Message):
-    __slots__ = ("name", "vdisk_id", "size_bytes", "state", "connected", "background_total_bytes", "background_done_bytes", "live_bytes", "live_records", "dirty_bytes", "backlog_bytes", "lag_seconds", "bandwidth_bytes_per_s", "eta_seconds", "resent_bytes", "ring_overflows", "last_error", "verified_bytes")
+    __slots__ = ("name", "vdisk_id", "size_bytes", "state", "connected", "background_total_bytes", "background_done_bytes", "live_bytes", "live_records", "dirty_bytes", "backlog_bytes", "lag_seconds", "bandwidth_bytes_per_s", "eta_seconds", "resent_bytes", "ring_overflows", "last_error", "verified_bytes", "verified_once")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VDISK_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +228,7 @@ class VdiskProgress(_message.Message):
     RING_OVERFLOWS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     VERIFIED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_ONCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     vdisk_id: str
     size_bytes: int
@@ -246,7 +247,8 @@ class VdiskProgress(_message.Message):
     ring_overflows: int
     last_error: str
     verified_bytes: int
-    def __init__(self, name: _Optional[str] = ..., vdisk_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., state: _Optional[_Union[ReplicationState, str]] = ..., connected: _Optional[bool] = ..., background_total_bytes: _Optional[int] = ..., background_done_bytes: _Optional[int] = ..., live_bytes: _Optional[int] = ..., live_records: _Optional[int] = ..., dirty_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., bandwidth_bytes_per_s: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., resent_bytes: _Optional[int] = ..., ring_overflows: _Optional[int] = ..., last_error: _Optional[str] = ..., verified_bytes: _Optional[int] = ...) -> None: ...
+    verified_once: bool
+    def __init__(self, name: _Optional[str] = ..., vdisk_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., state: _Optional[_Union[ReplicationState, str]] = ..., connected: _Optional[bool] = ..., background_total_bytes: _Optional[int] = ..., background_done_bytes: _Optional[int] = ..., live_bytes: _Optional[int] = ..., live_records: _Optional[int] = ..., dirty_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., bandwidth_bytes_per_s: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., resent_bytes: _Optional[int] = ..., ring_overflows: _Optional[int] = ..., last_error: _Optional[str] = ..., verified_bytes: _Optional[int] = ..., verified_once: _Optional[bool] = ...) -> None: ...
 
 class CutoverReport(_message.Message):
     __slots__ = ("vm", "identical", "downtime_seconds", "stop_seconds", "drain_seconds", "verify_seconds", "power_on_seconds", "chunks_verified", "chunks_preverified", "chunks_repaired", "residual_bytes", "forced", "error")
