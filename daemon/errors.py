@@ -125,6 +125,10 @@ def _register(cls: type[LiftshiftError]) -> None:
 def error_class(name: str) -> type[LiftshiftError] | None:
     """The error class called ``name`` (including subclasses defined later)."""
     if name not in _BY_NAME:
+        # Subclasses defined in other modules exist only once imported: make
+        # sure every module that defines one is, whoever the caller is.
+        from . import lifecycle  # noqa: F401
+
         _register(LiftshiftError)
     return _BY_NAME.get(name)
 

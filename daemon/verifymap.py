@@ -31,22 +31,28 @@ from array import array
 
 
 class VerifyMap:
-    """Verification state of ``size`` bytes in ``chunk``-byte chunks."""
+    """Verification state of ``size`` bytes in ``chunk``-byte chunks.
+
+    ``_pending`` holds one byte per chunk (1: not verified at its current
+    generation) so that the questions asked on every tick and at cutover
+    are answered by C-speed scans, whatever the disk size.
+    """
 
     def __init__(self, size: int, chunk: int) -> None:
         self.size = size
         self.chunk = chunk
         self.chunks = -(-size // chunk)
-        self._gen = array("Q", bytes(8 * self.chunks))
-        # Generation at which each chunk was verified; 0 = never (generations start at 1).
+        # Generations start at 1; _verified holds the generation a chunk was
+        # verified at (0 = never).
+        self._gen = array("Q", [1]) * self.chunks
         self._verified = array("Q", bytes(8 * self.chunks))
+        self._pending = bytearray(b"\x01") * self.chunks
+        self._npending = self.chunks
         self._cursor = 0
         # Chunks that were verified and then written: re-verified first, so the
         # backlog at cutover is what was written lately, whatever the disk size.
         self._recent: dict[int, None] = {}
         self._ever = 0  # chunks verified at least once
-        for i in range(self.chunks):
-            self._gen[i] = 1
 
     def touched(self, offset: int, length: int) -> None:
         """Something covering ``[offset, offset+length)`` was shipped."""
@@ -54,9 +60,11 @@ class VerifyMap:
             return
         first = offset // self.chunk
         last = min((offset + length - 1) // self.chunk, self.chunks - 1)
-        gen, v = self._gen, self._verified
+        gen, pending = self._gen, self._pending
         for c in range(first, last + 1):
-            if v[c] == gen[c]:
+            if not pending[c]:
+                pending[c] = 1
+                self._npending += 1
                 self._recent[c] = None
             gen[c] += 1
 
@@ -71,6 +79,9 @@ class VerifyMap:
         if self._verified[chunk] == 0:
             self._ever += 1
         self._verified[chunk] = gen_at_begin
+        if self._pending[chunk]:
+            self._pending[chunk] = 0
+            self._npending -= 1
         return True
 
     def first_pass_done(self) -> bool:
@@ -79,37 +90,48 @@ class VerifyMap:
         return self._ever == self.chunks
 
     def is_verified(self, chunk: int) -> bool:
-        return self._verified[chunk] == self._gen[chunk]
+        return not self._pending[chunk]
 
     def pending(self) -> list[int]:
         """Chunks not verified at their current generation."""
-        v, g = self._verified, self._gen
-        return [c for c in range(self.chunks) if v[c] != g[c]]
+        out = []
+        find = self._pending.find
+        c = find(1)
+        while c >= 0:
+            out.append(c)
+            c = find(1, c + 1)
+        return out
 
     def verified_count(self) -> int:
-        return self.chunks - len(self.pending())
+        return self.chunks - self._npending
 
     def next_unverified(self, limit: int) -> list[int]:
         """Up to ``limit`` unverified chunks: recently re-written ones first, then
         round-robin from where the last call stopped."""
         out: list[int] = []
         taken: set[int] = set()
-        v, g = self._verified, self._gen
+        pending = self._pending
         while self._recent and len(out) < limit:
             c = next(iter(self._recent))
             del self._recent[c]
-            if v[c] != g[c]:
+            if pending[c]:
                 out.append(c)
                 taken.add(c)
-        if len(out) >= limit:
-            return out
-        for _ in range(self.chunks):
-            c = self._cursor
-            self._cursor = (c + 1) % self.chunks
-            if v[c] != g[c] and c not in taken:
+        # Round-robin over the pending flags, at most one lap.
+        find, n = pending.find, self.chunks
+        pos, scanned = self._cursor, 0
+        while len(out) < limit and scanned < n:
+            c = find(1, pos)
+            if c < 0:
+                scanned += n - pos
+                pos = 0
+                continue
+            scanned += c - pos + 1
+            pos = c + 1 if c + 1 < n else 0
+            if c not in taken:
                 out.append(c)
-                if len(out) >= limit:
-                    break
+                taken.add(c)
+        self._cursor = pos
         return out
 
     def runs(self, chunks: list[int]) -> list[tuple[int, int]]:

@@ -123,3 +123,25 @@ def test_runs_merge_adjacent_chunks_and_clip_the_tail() -> None:
     vmap = VerifyMap(5 * CHUNK + 4096, CHUNK)
     assert vmap.chunks == 6
     assert vmap.runs([5, 0, 1, 3]) == [(0, 2 * CHUNK), (3 * CHUNK, CHUNK), (5 * CHUNK, 4096)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 40), st.lists(st.tuples(st.integers(0, 39), st.booleans()), max_size=40),
+       st.integers(1, 12))
+def test_next_unverified_hands_out_every_pending_chunk(n: int, ops: list[tuple[int, bool]], limit: int) -> None:
+    vmap = VerifyMap(n * CHUNK, CHUNK)
+    for c, verify in ops:
+        c %= n
+        if verify:
+            vmap.confirm(c, vmap.begin([c])[0])
+        else:
+            vmap.touched(c * CHUNK, 1)
+    pending = set(vmap.pending())
+    assert vmap.verified_count() == n - len(pending)
+    seen: set[int] = set()
+    for _ in range(n + 2):
+        got = vmap.next_unverified(limit)
+        assert len(got) == len(set(got)) <= limit
+        assert set(got) <= pending
+        seen |= set(got)
+    assert seen == pending
