@@ -8,6 +8,7 @@ ends (sim VMs deliberately outlive their daemon).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import xxhash
 from e2e import free_port
 from procs import DaemonProcess, python_module, start_process
 
@@ -156,8 +158,6 @@ class Site:
     def guest_pid(self, vm: str, where: str = "source") -> int:
         path = self.sim_dir / vm / "guest.pid" if where == "source" else None
         if path is None:
-            import json
-
             rec = json.loads((self.data / ".liftshift-sink" / "vms" / f"{vm}.json").read_text())
             return int(rec["pid"])
         try:
@@ -181,3 +181,32 @@ class Site:
                     os.kill(int(pid_dir.name), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def image_digest(path: Path) -> str:
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while piece := f.read(4 * MiB):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def boot_digests(site: Site, vm: str, timeout: float = 30) -> list[str]:
+    """What the destination VM booted from (its guest's status file)."""
+    status = site.data / ".liftshift-sink" / "vms" / vm / "status.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got = json.loads(status.read_text()).get("boot_digests")
+            if got:
+                return list(got)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"destination VM {vm} never reported its boot digests")
+
+
+def assert_identical_at_stop(site: Site, mid: str, vm: SimVmDef) -> None:
+    """The destination VM booted from exactly what the stopped source holds."""
+    sources = [image_digest(site.image(vm.name, d)) for d, _, _ in vm.disks]
+    assert boot_digests(site, vm.name) == sources, f"{vm.name}: destination booted from different bytes"

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-import xxhash
-from simsite import MiB, SimVmDef, Site
+from simsite import MiB, SimVmDef, Site, assert_identical_at_stop
 
 from liftshift.daemon.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from liftshift.daemon.lifecycle import IllegalTransition
@@ -29,34 +28,6 @@ def cli(site: Site, *args: str, timeout: float = 180) -> subprocess.CompletedPro
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "liftshift.ctl"]
     return subprocess.run([*cmd, "--address", site.address, *args], capture_output=True, text=True,
                           timeout=timeout, check=False)
-
-
-def image_digest(path: Path) -> str:
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while piece := f.read(4 * MiB):
-            h.update(piece)
-    return h.hexdigest()
-
-
-def boot_digests(site: Site, vm: str, timeout: float = 30) -> list[str]:
-    """What the destination VM booted from (its guest's status file)."""
-    status = site.data / ".liftshift-sink" / "vms" / vm / "status.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            got = json.loads(status.read_text()).get("boot_digests")
-            if got:
-                return list(got)
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"destination VM {vm} never reported its boot digests")
-
-
-def assert_identical_at_stop(site: Site, mid: str, vm: SimVmDef) -> None:
-    sources = [image_digest(site.image(vm.name, d)) for d, _, _ in vm.disks]
-    assert boot_digests(site, vm.name) == sources, f"{vm.name}: destination booted from different bytes"
 
 
 def vms_under_load(n: int, size: int = 24 * MiB, fill: int = 8 * MiB) -> list[SimVmDef]:
