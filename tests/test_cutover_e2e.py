@@ -124,3 +124,31 @@ def test_example_configs_load() -> None:
     sink = load_config(str(REPO / "sink/sink.example.toml"), environ={})
     assert sink.listen
     assert os.path.exists(REPO / "daemon/systemd/liftshift-daemon.service")
+
+
+def test_cutover_interrupted_by_a_daemon_crash_finishes_after_restart(tmp_path: Path, shm_dir: Path,
+                                                                      request: pytest.FixtureRequest) -> None:
+    """kill -9 of the daemon while a (forced) cutover drains: the restarted daemon
+    runs the cutover again from the top (every step is idempotent) and completes it."""
+    vm = SimVmDef("crm-1", [("disk0", 128 * MiB, 96 * MiB)], rate_ops=100)
+    site = Site(tmp_path, shm_dir, [vm], request.addfinalizer, boot_digest=True,
+                daemon_extra="max_inflight = \"1MiB\"\nread_ahead = 1\n").start()
+    mid = site.call("CreateMigration", cpb.CreateMigrationRequest(vms=["crm-1"], destination=site.destination,
+                                                                  start=True)).id
+    stub = site.stub()
+    fut = stub.Cutover.future(cpb.CutoverRequest(migration_id=mid, vm="crm-1", force=True), timeout=120)
+    site.wait_state(mid, cpb.MIGRATION_STATE_CUTTING_OVER, 30)
+    deadline = time.monotonic() + 30
+    while (site.sim_dir / "crm-1" / "status.json").exists() and \
+            json.loads((site.sim_dir / "crm-1" / "status.json").read_text()).get("running", True):
+        assert time.monotonic() < deadline, "the source VM was not stopped"
+        time.sleep(0.01)
+    assert site.daemon is not None
+    site.daemon.kill()  # mid-drain: the copy of 96 MiB with 1 MiB of credits takes seconds
+    fut.cancel()
+    site.start_daemon()
+    done = site.wait_state(mid, cpb.MIGRATION_STATE_COMPLETED, 120)
+    assert "was cutting over when the daemon stopped" in site.daemon.log()
+    rep = done.vms[0].cutover
+    assert rep.identical and rep.forced and not rep.error, rep
+    assert_identical_at_stop(site, mid, vm)
