@@ -128,14 +128,14 @@ def _shipped(replicators: list[VdiskReplicator]) -> int:
 
 async def cut_over(vm: str, destination: str, migration_id: str, platform: Platform,
                    disks: list[tuple[ShadowDisk, VdiskReplicator, VerifyMap]], *, drain_timeout: float,
-                   step: Callable[[str], Awaitable[None]]) -> CutoverTimes:
+                   step: Callable[[str], Awaitable[None]], verify_before_stop: bool = True) -> CutoverTimes:
     """Run the cutover of one VM; raises a LiftshiftError (with the times so far in ``.times``) on failure."""
     t = CutoverTimes()
     reps = [r for _, r, _ in disks]
     await platform.create_destination(vm, destination, migration_id, [d for d, _, _ in disks])
     # Last verification round while the VM still runs: what is left for the
     # downtime is only what the guest writes between now and the stop.
-    for _, r, vmap in disks:
+    for _, r, vmap in disks if verify_before_stop else []:
         left = len(vmap.pending())
         if 0 < left <= PRE_STOP_CHUNKS:
             try:

@@ -420,7 +420,8 @@ class Migrations:
         report = cpb.CutoverReport(vm=v.vm, forced=forced)
         try:
             t = await cutover.cut_over(v.vm, m.destination, m.id, self.platform, disks,
-                                       drain_timeout=self.cfg.cutover_drain_timeout_s, step=step)
+                                       drain_timeout=self.cfg.cutover_drain_timeout_s, step=step,
+                                       verify_before_stop=self.cfg.preverify_bytes_per_s > 0)
         except LiftshiftError as e:
             _fill(report, getattr(e, "times", None))
             report.error = str(e)

@@ -162,9 +162,9 @@ class RingModel(RuleBasedStateMachine):
             # over PAD records only, which still hold ring space.
             self.consumer.release(self.consumer.read_pos)
             self.unreleased = []
+            self.released_seq = self.last_seq  # everything read so far is released now
             if not recs:
                 return
-            self.released_seq = self.last_seq
 
     @invariant()
     def positions_ordered(self) -> None:
