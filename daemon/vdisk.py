@@ -34,7 +34,7 @@ from liftshift.iofilter.ring import FLAG_VOID, REC, WORD_PAD
 from liftshift.v1 import replication_pb2 as pb
 from liftshift.v1 import replication_pb2_grpc
 
-from . import hashing
+from . import hashing, wire
 from .core import BACKGROUND, REPAIR, RESYNC, ReadPlan, VdiskSync
 from .errors import LiftshiftError, from_rpc_error
 from .lag import LagWindow
@@ -212,9 +212,11 @@ class VdiskReplicator:
         self.core.shipped_seq = self.core.durable_seq
         if opened.closed and self.consumer.closed_seq is None:
             self._close_seq = opened.durable_seq
-        call = stub.Replicate()
+        # Frames go out as bytes encoded by .wire: protobuf objects would copy
+        # every payload twice more on the way.
+        call = wire.replicate_call(self._channel)
         frame_no = 1
-        await call.write(pb.Frame(frame_no=1, hello=pb.Hello(vdisk_id=self.spec.vdisk_id)))
+        await call.write(wire.encode(pb.Frame(frame_no=1, hello=pb.Hello(vdisk_id=self.spec.vdisk_id))))
         self.stats.connected = True
         self.stats.last_error = ""
         acks = asyncio.create_task(self._read_acks(call))
@@ -247,7 +249,8 @@ class VdiskReplicator:
                 # 3. CLOSE barrier once the CLOSE record is out
                 if self._close_seq is not None and not self._close_sent and self.core.shipped_seq >= self._close_seq:
                     frame_no += 1
-                    await call.write(pb.Frame(frame_no=frame_no, close=pb.CloseBarrier(final_seq=self._close_seq)))
+                    await call.write(wire.encode(pb.Frame(frame_no=frame_no,
+                                                          close=pb.CloseBarrier(final_seq=self._close_seq))))
                     self._close_sent = True
                     progressed = True
                 # 4. start reads
@@ -269,10 +272,10 @@ class VdiskReplicator:
     def _can_live(self) -> bool:
         return self.core.can_send(self.cfg.frame_bytes)
 
-    def _live_frame(self, frame_no: int, batch: Batch) -> pb.Frame:
+    def _live_frame(self, frame_no: int, batch: Batch) -> bytes:
         used = batch.end - batch.start
         data = void_corrupt(batch) if batch.corrupt else (
-            batch.data if len(batch.data) == used else batch.data[:used])
+            batch.data if len(batch.data) == used else memoryview(batch.data)[:used])
         ranges = None
         if self.core.tracking_ranges:
             ranges = [(r.seq, r.offset, r.length) for r in batch.records()]
@@ -281,21 +284,12 @@ class VdiskReplicator:
             self.core.progress.resent_bytes += used  # the sink held (some of) these already
         self.core.live_shipped(frame_no, batch.first_seq, batch.last_seq, used, batch.end, batch.first_time_ns,
                                batch.count, ranges)
-        # Fields are set in place: pb.Frame(live=pb.LiveRecords(...)) would copy
-        # the payload into the sub-message and then again into the frame.
-        frame = pb.Frame(frame_no=frame_no)
-        live = frame.live
-        live.records, live.first_seq, live.last_seq, live.count = data, batch.first_seq, batch.last_seq, batch.count
-        return frame
+        return wire.live_frame(frame_no, data, batch.first_seq, batch.last_seq, batch.count)
 
     @staticmethod
-    def _chunk_frame(frame_no: int, plan: ReadPlan, data: bytes, zero: bool, digest: int) -> pb.Frame:
-        frame = pb.Frame(frame_no=frame_no)  # filled in place, as in _live_frame
-        c = frame.chunk
-        c.offset, c.length, c.zero, c.xxh3, c.kind = plan.offset, plan.length, zero, digest, _KIND[plan.kind]
-        if not zero:
-            c.data = data
-        return frame
+    def _chunk_frame(frame_no: int, plan: ReadPlan, data: bytes, zero: bool, digest: int) -> bytes:
+        return wire.chunk_frame(frame_no, plan.offset, plan.length, b"" if zero else data, zero, digest,
+                                _KIND[plan.kind])
 
     async def _idle(self, reads: deque[_Read]) -> None:
         """Sleep until the ring rings, a read completes, an ack arrives, or the
