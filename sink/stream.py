@@ -55,6 +55,9 @@ _FRAME_OVERHEAD = 64  # bytes a queued frame costs beyond its payload (tags, seq
 # Frames smaller than this are applied on the event loop: handing them to a
 # thread would cost more than applying them.
 _INLINE_BYTES = 64 << 10
+# At most this many bytes of frames go to one worker-thread call (a backlog
+# is applied in fewer hand-offs; a group commit waits for at most one batch).
+_BATCH_BYTES = 4 << 20
 
 
 class FrameQueue:
@@ -122,6 +125,23 @@ class FrameQueue:
             raise item
         return item
 
+    def take_frames(self, max_bytes: int) -> list[Any]:
+        """The frames waiting at the head of the queue, up to ``max_bytes`` of
+        them; the end of the stream or an error stays queued."""
+        out: list[Any] = []
+        total = 0
+        while self._items:
+            item, nbytes = self._items[0]
+            if item is _EOF or isinstance(item, BaseException) or total + nbytes > max_bytes:
+                break
+            self._items.popleft()
+            self._bytes -= nbytes
+            total += nbytes
+            out.append(item)
+        if out:
+            self._writable.set()
+        return out
+
     async def wait_readable(self) -> None:
         """Return once :meth:`get_nowait` has something (a frame, the end, an error)."""
         while not self._items and self._error is None:
@@ -155,7 +175,7 @@ class ReplicateSession:
     # -- control from outside ---------------------------------------------
 
     def stop(self, reason: LiftshiftError) -> None:
-        """End the stream after the current frame: unapplied frames are dropped,
+        """End the stream after the frames being applied: the others are dropped,
         applied ones synced and acked, and ``reason`` becomes the status."""
         if self._stop_reason is None:
             self._stop_reason = reason
@@ -200,7 +220,8 @@ class ReplicateSession:
                         self._start_sync()
                     await self._wait_for_work()
                     continue
-                await self._apply_next(frame)
+                # Frames already waiting go to the worker thread with this one.
+                await self._apply_next([frame, *self._queue.take_frames(_BATCH_BYTES - len(frame.payload))])
                 if self._sync is None and time.monotonic() - self._last_sync >= self._window:
                     self._start_sync()
         finally:
@@ -291,20 +312,25 @@ class ReplicateSession:
             return
         self._queue.put_end()
 
-    async def _apply_next(self, frame: wire.WireFrame) -> None:
-        """Apply a frame; a large one in a worker thread (its checksums and
-        writes release the GIL), so the event loop goes on receiving the next
-        frames meanwhile.  Frames are still applied one at a time, in order."""
-        if len(frame.payload) < _INLINE_BYTES:
-            self._apply(frame)
+    async def _apply_next(self, frames: list[wire.WireFrame]) -> None:
+        """Apply frames in order; large ones in a worker thread (their
+        checksums and writes release the GIL), so the event loop goes on
+        receiving meanwhile.  Never two batches at once."""
+        if sum(len(f.payload) for f in frames) < _INLINE_BYTES:
+            for frame in frames:
+                self._apply(frame)
             # Let the reader and other streams run between frames: a full
             # queue would otherwise hold the event loop for its whole length.
             await asyncio.sleep(0)
             return
-        self._applying = asyncio.get_running_loop().run_in_executor(None, self._apply, frame)
-        # Shielded: if this task is cancelled the write goes on in its thread,
-        # and _cleanup waits for it before the vdisk can change hands.
+        self._applying = asyncio.get_running_loop().run_in_executor(None, self._apply_all, frames)
+        # Shielded: if this task is cancelled the writes go on in their
+        # thread, and _cleanup waits for them before the vdisk changes hands.
         await asyncio.shield(self._applying)
+
+    def _apply_all(self, frames: list[wire.WireFrame]) -> None:
+        for frame in frames:
+            self._apply(frame)
 
     def _apply(self, frame: wire.WireFrame) -> None:
         """Apply one frame (on the event loop or in a worker thread, never two at once)."""
