@@ -169,6 +169,15 @@ class VdiskApplier:
     def apply_live(self, data: bytes | memoryview, first_seq: int, last_seq: int, count: int) -> LiveApplied:
         """Check a LiveRecords frame completely, then apply its new records."""
         self._check_usable()
+        if capply.AVAILABLE and isinstance(self.disk, FileDisk) and self._continues_stream(first_seq, last_seq):
+            # The common case in one C call: check, then write (see capply).
+            before = self.applied_seq
+            stop = capply.check_and_write(self.disk.fd, data, self.size, first_seq, last_seq, count, before)
+            if stop is not None:
+                skipped = min(max(before - first_seq + 1, 0), count)
+                written = self._write_checked(data, self.disk, stop)
+                self._stream_next = last_seq + 1
+                return LiveApplied(first_seq, last_seq, count - skipped, skipped, written, self.applied_seq)
         records: list[LiveRecord] | None = None
         scan = capply.check(data, self.size) if capply.AVAILABLE else None
         if scan is None:
@@ -209,14 +218,26 @@ class VdiskApplier:
             raise SequenceError(f"vdisk {vd!r} was closed at seq {self.close_seq}; record seq "
                                 f"{max(first_seq, self.close_seq + 1)} follows it")
 
-    def _write_checked(self, data: bytes | memoryview, disk: FileDisk) -> int:
+    def _continues_stream(self, first_seq: int, last_seq: int) -> bool:
+        """True when :meth:`_check_sequence` has nothing to say about a frame
+        with these header fields (and no CLOSE before its last record)."""
+        if self._stream_next is None:
+            if first_seq > self.applied_seq + 1:
+                return False
+        elif first_seq != self._stream_next:
+            return False
+        return self.close_seq is None or last_seq <= self.close_seq
+
+    def _write_checked(self, data: bytes | memoryview, disk: FileDisk, stop: capply.WriteStop | None = None) -> int:
         """Apply a frame the C check accepted: WRITE runs in C, the rare other
-        records here; ``applied_seq`` advances exactly as in :meth:`_apply_records`."""
+        records here; ``applied_seq`` advances exactly as in :meth:`_apply_records`.
+        ``stop`` is where a first C write already got to."""
         written = 0
         pos = 0
         end = len(data)
         while True:
-            stop = capply.write(disk.fd, data, self.applied_seq, pos, self.applied_seq)
+            if stop is None:
+                stop = capply.write(disk.fd, data, self.applied_seq, pos, self.applied_seq)
             self.applied_seq = stop.applied_seq
             written += stop.written
             if stop.errno:
@@ -236,6 +257,7 @@ class VdiskApplier:
                 raise
             self.applied_seq = seq
             pos = stop.pos + (word & WORD_LEN_MASK)
+            stop = None
 
     def _apply_records(self, records: list[LiveRecord]) -> int:
         """Write records in order, one ``pwritev`` per run of contiguous WRITEs."""

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 from .records import FrameScan
 
-ABI = 1
+ABI = 2
 CHECK_OK = 0
 
 _DEFAULT = Path(__file__).resolve().parent.parent / "build" / "lib" / "libliftshift_apply.so"
@@ -99,6 +99,10 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     u64p = ctypes.POINTER(ctypes.c_uint64)
     lib.ls_frame_write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, u64p, u64p, u64p]
     lib.ls_frame_write.restype = ctypes.c_int
+    lib.ls_frame_apply.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
+                                   ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.POINTER(_Summary), u64p,
+                                   u64p, u64p, ctypes.POINTER(ctypes.c_int)]
+    lib.ls_frame_apply.restype = ctypes.c_int
     return lib, ""
 
 
@@ -146,3 +150,23 @@ def write(fd: int, data: bytes | memoryview, after_seq: int, pos: int, applied_s
         rc = _LIB.ls_frame_write(fd, p.address, p.length, after_seq, ctypes.byref(c_pos), ctypes.byref(c_applied),
                                  ctypes.byref(c_written))
     return WriteStop(c_pos.value, c_applied.value, c_written.value, -rc if rc < 0 else 0)
+
+
+def check_and_write(fd: int, data: bytes | memoryview, disk_size: int, first_seq: int, last_seq: int, count: int,
+                    after_seq: int) -> WriteStop | None:
+    """:func:`check`, the summary held to the frame header (and no CLOSE
+    before the last record), then :func:`write` from the start, in one call
+    (one GIL round trip per frame for a worker thread).  None, with nothing
+    written, when anything is off: the caller takes the reference path,
+    which raises the right error."""
+    assert _LIB is not None, _PROBLEM
+    s = _Summary()
+    c_pos, c_applied, c_written = ctypes.c_uint64(0), ctypes.c_uint64(after_seq), ctypes.c_uint64(0)
+    c_rc = ctypes.c_int(0)
+    with _Pinned(data) as p:
+        rc = _LIB.ls_frame_apply(fd, p.address, p.length, disk_size, first_seq, last_seq, count, after_seq,
+                                 ctypes.byref(s), ctypes.byref(c_pos), ctypes.byref(c_applied), ctypes.byref(c_written),
+                                 ctypes.byref(c_rc))
+    if rc != CHECK_OK:
+        return None
+    return WriteStop(c_pos.value, c_applied.value, c_written.value, -c_rc.value if c_rc.value < 0 else 0)

@@ -57,7 +57,7 @@ typedef struct ls_frame_summary {
 } ls_frame_summary;
 
 /* ABI version of this file's functions and structs, checked by capply.py. */
-int ls_apply_abi(void) { return 1; }
+int ls_apply_abi(void) { return 2; }
 
 static uint64_t load64(const uint8_t *p) {
     uint64_t v;
@@ -262,4 +262,29 @@ int ls_frame_write(int fd, const uint8_t *buf, uint64_t n, uint64_t after_seq, u
     }
     *pos = o;
     return rc;
+}
+
+/*
+ * ls_frame_check() and, when the frame is accepted and its summary is
+ * exactly (first_seq, last_seq, count) with no CLOSE before its last
+ * record, ls_frame_write() from byte 0: one call, so a worker thread takes
+ * the GIL back once per frame instead of once per step.  Returns
+ * LS_CHECK_* (nothing written unless LS_CHECK_OK; LS_CHECK_SUMMARY when
+ * only the summary disagreed) and sets *write_rc to ls_frame_write()'s
+ * result.
+ */
+#define LS_CHECK_SUMMARY 4
+int ls_frame_apply(int fd, const uint8_t *buf, uint64_t n, uint64_t disk_size, uint64_t first_seq,
+                   uint64_t last_seq, uint64_t count, uint64_t after_seq, ls_frame_summary *out, uint64_t *pos,
+                   uint64_t *applied_seq, uint64_t *written, int *write_rc) {
+    *write_rc = 0;
+    int rc = ls_frame_check(buf, n, disk_size, out);
+    if (rc != LS_CHECK_OK)
+        return rc;
+    if (out->count == 0 || out->first_seq != first_seq || out->last_seq != last_seq || out->count != count ||
+        out->inner_close_seq)
+        return LS_CHECK_SUMMARY;
+    *pos = 0;
+    *write_rc = ls_frame_write(fd, buf, n, after_seq, pos, applied_seq, written);
+    return LS_CHECK_OK;
 }

@@ -196,6 +196,34 @@ def test_file_disk_fast_path_rebuilds_the_reference(shm_dir: Path, tmp_path: Pat
         w.detach()
 
 
+@pytest.mark.parametrize("name,batch,error,message", BAD_FRAMES, ids=[b[0] for b in BAD_FRAMES])
+def test_bad_frames_on_a_file_disk_are_refused_the_same_and_change_nothing(
+        tmp_path: Path, name: str, batch: LiveBatch, error: type[LiftshiftError], message: str) -> None:
+    a, disk = file_applier(tmp_path, "bad")
+    a.apply_live(live([record(1, 0, b"p" * 4096), record(2, 8192, b"q" * 4096)], 1).data, 1, 2, 2)
+    a.sync()
+    before = (disk.read(0, DISK), a.applied_seq, a.durable_seq)
+    with pytest.raises(error, match=message):
+        a.apply_live(batch.data, batch.first_seq, batch.last_seq, batch.count)
+    assert (disk.read(0, DISK), a.applied_seq, a.durable_seq) == before
+    disk.close()
+
+
+@pytest.mark.parametrize("header", [(1, 2, 1), (2, 2, 2), (1, 3, 2), (1, 2, 3)])
+def test_one_call_path_writes_nothing_when_the_header_disagrees(tmp_path: Path, header: tuple[int, int, int]) -> None:
+    path = tmp_path / "hdr"
+    path.write_bytes(bytes(4096))
+    fd = os.open(path, os.O_RDWR)
+    frame = live([record(1, 0, b"a" * 8), record(2, 8, b"b" * 8)], 1).data
+    assert capply.check_and_write(fd, frame, 4096, *header, 0) is None
+    closing = live([record(1, 0, flags=FLAG_CLOSE, length=0), record(2, 8, b"b" * 8)], 1).data
+    assert capply.check_and_write(fd, closing, 4096, 1, 2, 2, 0) is None
+    assert os.pread(fd, 4096, 0) == bytes(4096)
+    assert capply.check_and_write(fd, frame, 4096, 1, 2, 2, 1) == (len(frame), 2, 8, 0)  # seq 1 already applied
+    assert os.pread(fd, 16, 0) == bytes(8) + b"b" * 8
+    os.close(fd)
+
+
 def test_contiguous_writes_coalesce_across_pad_and_past_iov_max(tmp_path: Path) -> None:
     a, disk = file_applier(tmp_path, "iov")
     recs = []
