@@ -45,6 +45,26 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Replication"].full_name
 _HASH_ENTRY_BYTES = 48
 
 
+def add_to_server(servicer: ReplicationServicer, server: grpc.aio.Server) -> None:
+    """Register the Replication service as the generated
+    ``add_ReplicationServicer_to_server`` does, except that Replicate's frames
+    are handed over serialized: :mod:`liftshift.daemon.wire` decodes them
+    without copying their payloads (protobuf would copy each one twice)."""
+    def unary(fn: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=request.FromString,
+                                                   response_serializer=response.SerializeToString)
+
+    handlers = {
+        "OpenVdisk": unary(servicer.OpenVdisk, pb.OpenVdiskRequest, pb.OpenVdiskResponse),
+        "Replicate": grpc.stream_stream_rpc_method_handler(servicer.Replicate, request_deserializer=None,
+                                                           response_serializer=pb.Ack.SerializeToString),
+        "HashRanges": unary(servicer.HashRanges, pb.HashRangesRequest, pb.HashRangesResponse),
+        "ListVdisks": unary(servicer.ListVdisks, pb.ListVdisksRequest, pb.ListVdisksResponse),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
     """liftshift.v1.Replication on top of a :class:`VdiskRegistry`."""
 
@@ -136,26 +156,6 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
                                       durable_seq=durable, closed=closed, migration_id=row.migration_id,
                                       allocated_bytes=allocated))
         return pb.ListVdisksResponse(vdisks=infos)
-
-
-def add_to_server(servicer: ReplicationServicer, server: grpc.aio.Server) -> None:
-    """Register the Replication service as the generated
-    ``add_ReplicationServicer_to_server`` does, except that Replicate's frames
-    are handed over serialized: :mod:`liftshift.daemon.wire` decodes them
-    without copying their payloads (protobuf would copy each one twice)."""
-    def unary(fn: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
-        return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=request.FromString,
-                                                   response_serializer=response.SerializeToString)
-
-    handlers = {
-        "OpenVdisk": unary(servicer.OpenVdisk, pb.OpenVdiskRequest, pb.OpenVdiskResponse),
-        "Replicate": grpc.stream_stream_rpc_method_handler(servicer.Replicate, request_deserializer=None,
-                                                           response_serializer=pb.Ack.SerializeToString),
-        "HashRanges": unary(servicer.HashRanges, pb.HashRangesRequest, pb.HashRangesResponse),
-        "ListVdisks": unary(servicer.ListVdisks, pb.ListVdisksRequest, pb.ListVdisksResponse),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def _hash_file(path: os.PathLike[str], offset: int, length: int, chunk: int) -> list[tuple[int, int, bytes]]:
