@@ -11,6 +11,7 @@ PYTEST_ARGS ?=
 
 LIB    := build/lib/libliftshift_ring.so
 STRESS := build/bin/ring_stress
+APPLY  := build/lib/libliftshift_apply.so
 C_SRC  := iofilter/liftshift_ring.c iofilter/liftshift_ring.h
 
 .PHONY: all venv cbuild proto test bench lint clean demo
@@ -33,7 +34,13 @@ $(STRESS): $(C_SRC) iofilter/ring_stress.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ iofilter/ring_stress.c iofilter/liftshift_ring.c -lxxhash -lpthread
 
-cbuild: $(LIB) $(STRESS)
+# The sink's C fast path for live frames (sink/capply.py loads it; without it
+# the sink falls back to the Python apply path).
+$(APPLY): sink/liftshift_apply.c iofilter/liftshift_ring.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -shared -o $@ sink/liftshift_apply.c -lxxhash
+
+cbuild: $(LIB) $(STRESS) $(APPLY)
 
 # Regenerate the Python modules from the .proto contracts (grpcio-tools is
 # pinned in pyproject.toml so the output is reproducible; a test checks drift).

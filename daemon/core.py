@@ -218,17 +218,22 @@ class VdiskSync:
         return None
 
     def _plan_background(self) -> ReadPlan | None:
+        # The first chunk still to copy at or after the cursor, wrapping around.
+        # bytearray.find is a memchr: the send loop asks on every pass, and
+        # once the copy is done a Python scan of every chunk cost more than
+        # shipping a live frame.
         n = self.nchunks
-        for step in range(n):
-            idx = (self._cursor + step) % n
-            if self._todo[idx]:
+        todo = self._todo
+        for start, stop in ((self._cursor, n), (0, self._cursor)):
+            idx = todo.find(1, start, stop)
+            while idx != -1:
                 off = idx * self.bg_chunk
                 length = self._chunk_len(idx)
-                if self._overlaps_outstanding(off, off + length):
-                    continue
-                self._todo[idx] = 0
-                self._cursor = (idx + 1) % n
-                return self._new_plan(off, length, BACKGROUND)
+                if not self._overlaps_outstanding(off, off + length):
+                    todo[idx] = 0
+                    self._cursor = (idx + 1) % n
+                    return self._new_plan(off, length, BACKGROUND)
+                idx = todo.find(1, idx + 1, stop)
         return None
 
     def plan_repair(self, offset: int, length: int, next_seq: int) -> ReadPlan:

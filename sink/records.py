@@ -87,7 +87,7 @@ def parse_records(data: bytes | memoryview, disk_size: int) -> list[LiveRecord]:
             word, seq, offset, length, flags, paylen, digest, _time_ns = unpack(mv, o)
             # word == size means no PAD/BUSY/unknown bits; size == header + padded payload.
             if (word == RECORD_HEADER + ((paylen + 7) & ~7) and o + word <= n and flags == FLAG_WRITE
-                    and paylen == length and length and (seq == expect or (not expect and seq))
+                    and paylen == length and length and (seq == expect if expect else seq)
                     and offset + length <= disk_size):
                 payload = mv[o + RECORD_HEADER : o + RECORD_HEADER + paylen]
                 if xxh(payload) == digest:
@@ -159,11 +159,29 @@ def _slow_record(mv: memoryview, o: int, expect: int, disk_size: int) -> tuple[L
     return LiveRecord(seq, offset, length, flags, payload), size
 
 
-def check_summary(records: list[LiveRecord], first_seq: int, last_seq: int, count: int) -> None:
-    """The frame's header fields must describe its records exactly."""
+class FrameScan(NamedTuple):
+    """What a checked frame holds, as the sequence checks need it (the C fast
+    path, :mod:`liftshift.sink.capply`, returns the same without a list)."""
+
+    first_seq: int  # 0 when there are no records
+    last_seq: int
+    nrecords: int
+    inner_close_seq: int  # the first CLOSE record that is not the frame's last one, else 0
+
+
+def scan_records(records: list[LiveRecord]) -> FrameScan:
+    """The :class:`FrameScan` of a parsed frame."""
+    inner_close = next((r.seq for r in records[:-1] if r.flags == FLAG_CLOSE), 0)
     if not records:
+        return FrameScan(0, 0, 0, 0)
+    return FrameScan(records[0].seq, records[-1].seq, len(records), inner_close)
+
+
+def check_summary(scan: FrameScan, first_seq: int, last_seq: int, count: int) -> None:
+    """The frame's header fields must describe its records exactly."""
+    if not scan.nrecords:
         raise InvalidArgument("LiveRecords carries no records (only PAD or nothing)")
-    got = (records[0].seq, records[-1].seq, len(records))
+    got = (scan.first_seq, scan.last_seq, scan.nrecords)
     if got != (first_seq, last_seq, count):
         raise InvalidArgument(f"LiveRecords header says first_seq={first_seq} last_seq={last_seq} count={count}, "
                               f"the records say first_seq={got[0]} last_seq={got[1]} count={got[2]}")

@@ -22,10 +22,11 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
-from liftshift.daemon import service
+from liftshift.daemon import service, wire
 from liftshift.daemon.errors import InvalidArgument, OutOfRange, TooLarge, Unavailable
 from liftshift.daemon.hashing import hash_ranges
 from liftshift.v1 import destination_pb2_grpc, replication_pb2_grpc
@@ -43,6 +44,26 @@ log = logging.getLogger("liftshift.sink.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Replication"].full_name
 # Bytes one ChunkHash takes in a response at most (tags, varints, 16-byte digest).
 _HASH_ENTRY_BYTES = 48
+
+
+def add_to_server(servicer: ReplicationServicer, server: grpc.aio.Server) -> None:
+    """Register the Replication service as the generated
+    ``add_ReplicationServicer_to_server`` does, except that Replicate's frames
+    are handed over serialized: :mod:`liftshift.daemon.wire` decodes them
+    without copying their payloads (protobuf would copy each one twice)."""
+    def unary(fn: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=request.FromString,
+                                                   response_serializer=response.SerializeToString)
+
+    handlers = {
+        "OpenVdisk": unary(servicer.OpenVdisk, pb.OpenVdiskRequest, pb.OpenVdiskResponse),
+        "Replicate": grpc.stream_stream_rpc_method_handler(servicer.Replicate, request_deserializer=None,
+                                                           response_serializer=pb.Ack.SerializeToString),
+        "HashRanges": unary(servicer.HashRanges, pb.HashRangesRequest, pb.HashRangesResponse),
+        "ListVdisks": unary(servicer.ListVdisks, pb.ListVdisksRequest, pb.ListVdisksResponse),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
@@ -64,20 +85,21 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
                                     flat_path=str(shadow.row.flat_path),
                                     descriptor_path=str(shadow.row.descriptor_path))
 
-    async def Replicate(self, request_iterator: AsyncIterator[pb.Frame],
+    async def Replicate(self, request_iterator: AsyncIterator[bytes],
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Ack]:
-        """Hello, then frames applied in order; acks as they become durable."""
+        """Hello, then frames applied in order; acks as they become durable.
+        Frames arrive serialized (see :func:`add_to_server`)."""
         frames = request_iterator.__aiter__()
         try:
-            hello = await frames.__anext__()
+            hello = wire.decode_frame(await frames.__anext__())
         except StopAsyncIteration:
             raise InvalidArgument("the Replicate stream ended before its Hello") from None
-        kind = hello.WhichOneof("body")
+        kind = hello.body
         if kind != "hello":
             raise InvalidArgument(f"the first frame of a Replicate stream must be a Hello, got {kind or 'no body'}")
         if hello.frame_no != 1:
             raise InvalidArgument(f"the Hello is frame_no {hello.frame_no}; frames are numbered from 1")
-        shadow = await self.registry.get(hello.hello.vdisk_id)
+        shadow = await self.registry.get(hello.vdisk_id)
         session = ReplicateSession(shadow.applier, fsync_window_s=self.config.fsync_window_ms / 1000,
                                    buffer_bytes=self.config.stream_buffer, peer=context.peer())
         log.info("vdisk %s: stream from %s", shadow.row.vdisk_id, session.peer)
@@ -158,7 +180,7 @@ class SinkServer:
         self.state = SinkState(config.state_path)
         self.registry = VdiskRegistry(self.state, config.data_dir)
         self.server = service.make_server(config.max_message)
-        replication_pb2_grpc.add_ReplicationServicer_to_server(ReplicationServicer(self.registry, config), self.server)
+        add_to_server(ReplicationServicer(self.registry, config), self.server)
         self.destination = destination.DestinationServicer(self.registry, config.state_path / "vms")
         destination_pb2_grpc.add_DestinationServicer_to_server(self.destination, self.server)
         self.services = [SERVICE_NAME, destination.SERVICE_NAME]

@@ -5,12 +5,16 @@ Design note
 The loop schedules, the applier does the work
 (:class:`~liftshift.sink.apply.VdiskApplier`).  Two tasks per stream:
 
-* the *reader* pulls frames off the gRPC stream, checks that ``frame_no``
-  goes 1, 2, 3, ... and puts them in a :class:`FrameQueue`;
-* the *apply loop* (the RPC's own task) takes frames in order, applies each,
-  and syncs when the queue is empty (the source paused: make it durable
-  now) or when ``fsync_window`` has passed since the last sync (the source
-  keeps sending: one fdatasync covers a whole window of frames).  The sync
+* the *reader* pulls frames off the gRPC stream, decodes them
+  (:mod:`liftshift.daemon.wire`: payloads stay views into the received
+  message), checks that ``frame_no`` goes 1, 2, 3, ... and puts them in a
+  :class:`FrameQueue`;
+* the *apply loop* (the RPC's own task) takes frames in order and applies
+  each, a large one in a worker thread so the reader keeps receiving while
+  its checksums and writes run (they release the GIL); it syncs when the
+  queue is empty (the source paused: make it durable now) or when
+  ``fsync_window`` has passed since the last sync (the source keeps
+  sending: one fdatasync covers a whole window of frames).  The sync
   runs in a worker thread, so the reader keeps receiving meanwhile; then an
   Ack names the applied / durable sequences and the last durable frame.
 
@@ -25,7 +29,7 @@ took the vdisk over, or the sink is shutting down) drops the frames not yet
 applied, syncs what was, acks it and ends with the reason as the status.
 :meth:`ReplicateSession.cancel` is the last resort for a stream stuck
 writing to a peer that stopped reading.  Either way ``finished`` is set
-only after any fdatasync in flight has completed.
+only after any fdatasync or frame write in flight has completed.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from liftshift.daemon import wire
 from liftshift.daemon.errors import InvalidArgument, LiftshiftError
 from liftshift.v1 import replication_pb2 as pb
 
@@ -47,6 +52,12 @@ log = logging.getLogger("liftshift.sink.stream")
 _EOF = object()
 EMPTY = object()  # FrameQueue.get_nowait: nothing waiting
 _FRAME_OVERHEAD = 64  # bytes a queued frame costs beyond its payload (tags, sequence numbers)
+# Frames smaller than this are applied on the event loop: handing them to a
+# thread would cost more than applying them.
+_INLINE_BYTES = 64 << 10
+# At most this many bytes of frames go to one worker-thread call (a backlog
+# is applied in fewer hand-offs; a group commit waits for at most one batch).
+_BATCH_BYTES = 4 << 20
 
 
 class FrameQueue:
@@ -114,6 +125,23 @@ class FrameQueue:
             raise item
         return item
 
+    def take_frames(self, max_bytes: int) -> list[Any]:
+        """The frames waiting at the head of the queue, up to ``max_bytes`` of
+        them; the end of the stream or an error stays queued."""
+        out: list[Any] = []
+        total = 0
+        while self._items:
+            item, nbytes = self._items[0]
+            if item is _EOF or isinstance(item, BaseException) or total + nbytes > max_bytes:
+                break
+            self._items.popleft()
+            self._bytes -= nbytes
+            total += nbytes
+            out.append(item)
+        if out:
+            self._writable.set()
+        return out
+
     async def wait_readable(self) -> None:
         """Return once :meth:`get_nowait` has something (a frame, the end, an error)."""
         while not self._items and self._error is None:
@@ -133,6 +161,7 @@ class ReplicateSession:
         self._reader: asyncio.Task[None] | None = None
         self._task: asyncio.Task[Any] | None = None
         self._sync: asyncio.Future[Synced] | None = None  # at most one fdatasync in flight
+        self._applying: asyncio.Future[None] | None = None  # the last frame handed to a worker thread
         self._sync_frame = 0
         self._stop_reason: LiftshiftError | None = None
         self.finished = asyncio.Event()
@@ -146,7 +175,7 @@ class ReplicateSession:
     # -- control from outside ---------------------------------------------
 
     def stop(self, reason: LiftshiftError) -> None:
-        """End the stream after the current frame: unapplied frames are dropped,
+        """End the stream after the frames being applied: the others are dropped,
         applied ones synced and acked, and ``reason`` becomes the status."""
         if self._stop_reason is None:
             self._stop_reason = reason
@@ -161,8 +190,9 @@ class ReplicateSession:
 
     # -- the stream -------------------------------------------------------
 
-    async def run(self, requests: AsyncIterator[pb.Frame]) -> AsyncGenerator[pb.Ack, None]:
-        """Apply the frames after the Hello from ``requests``; yield acks."""
+    async def run(self, requests: AsyncIterator[bytes]) -> AsyncGenerator[pb.Ack, None]:
+        """Apply the frames after the Hello from ``requests`` (serialized
+        Frames, decoded by :mod:`liftshift.daemon.wire`); yield acks."""
         self._task = asyncio.current_task()
         self._reader = asyncio.create_task(self._read(requests), name=f"replicate-reader-{self.vdisk_id}")
         try:
@@ -190,12 +220,10 @@ class ReplicateSession:
                         self._start_sync()
                     await self._wait_for_work()
                     continue
-                self._apply(*frame)
+                # Frames already waiting go to the worker thread with this one.
+                await self._apply_next([frame, *self._queue.take_frames(_BATCH_BYTES - len(frame.payload))])
                 if self._sync is None and time.monotonic() - self._last_sync >= self._window:
                     self._start_sync()
-                # Let the reader and other streams run between frames: a full
-                # queue would otherwise hold the event loop for its whole length.
-                await asyncio.sleep(0)
         finally:
             await self._cleanup()
 
@@ -249,6 +277,11 @@ class ReplicateSession:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+        if self._applying is not None:
+            # Nor can a frame being written in a worker thread.
+            await asyncio.wait([self._applying])
+            if not self._applying.cancelled():
+                self._applying.exception()  # retrieved (the stream already failed with it, if anything)
         if self._sync is not None and not self._sync.done():
             # The fdatasync thread cannot be cancelled; whoever owns the vdisk
             # next must not start before it has finished.
@@ -257,19 +290,16 @@ class ReplicateSession:
             self._sync.exception()  # retrieved: an unacked failure is not "never retrieved"
         self.finished.set()
 
-    async def _read(self, requests: AsyncIterator[pb.Frame]) -> None:
+    async def _read(self, requests: AsyncIterator[bytes]) -> None:
         expected = 2
         try:
-            async for frame in requests:
+            async for raw in requests:
+                frame = wire.decode_frame(raw)
                 if frame.frame_no != expected:
                     raise InvalidArgument(f"frame_no {frame.frame_no} where {expected} was expected: frames of a "
                                           "stream are numbered 1, 2, 3, ... (the Hello is 1)")
                 expected += 1
-                # The payload is copied out here, once, and sizes the queue entry:
-                # frame.ByteSize() would re-serialize the whole frame to measure it.
-                body = frame.WhichOneof("body")
-                payload = frame.live.records if body == "live" else frame.chunk.data if body == "chunk" else b""
-                await self._queue.put((frame, payload), len(payload) + _FRAME_OVERHEAD)
+                await self._queue.put(frame, len(frame.payload) + _FRAME_OVERHEAD)
         except asyncio.CancelledError:
             raise
         except LiftshiftError as e:
@@ -282,21 +312,39 @@ class ReplicateSession:
             return
         self._queue.put_end()
 
-    def _apply(self, frame: pb.Frame, data: bytes) -> None:
-        """Apply one frame; ``data`` is its payload, copied out once by the reader."""
+    async def _apply_next(self, frames: list[wire.WireFrame]) -> None:
+        """Apply frames in order; large ones in a worker thread (their
+        checksums and writes release the GIL), so the event loop goes on
+        receiving meanwhile.  Never two batches at once."""
+        if sum(len(f.payload) for f in frames) < _INLINE_BYTES:
+            for frame in frames:
+                self._apply(frame)
+            # Let the reader and other streams run between frames: a full
+            # queue would otherwise hold the event loop for its whole length.
+            await asyncio.sleep(0)
+            return
+        self._applying = asyncio.get_running_loop().run_in_executor(None, self._apply_all, frames)
+        # Shielded: if this task is cancelled the writes go on in their
+        # thread, and _cleanup waits for them before the vdisk changes hands.
+        await asyncio.shield(self._applying)
+
+    def _apply_all(self, frames: list[wire.WireFrame]) -> None:
+        for frame in frames:
+            self._apply(frame)
+
+    def _apply(self, frame: wire.WireFrame) -> None:
+        """Apply one frame (on the event loop or in a worker thread, never two at once)."""
         t0 = time.perf_counter_ns()
-        kind = frame.WhichOneof("body")
+        kind = frame.body
         a = self.applier
         if kind == "live":
-            live = frame.live
-            a.apply_live(data, live.first_seq, live.last_seq, live.count)
-            self.bytes += len(data)
+            a.apply_live(frame.payload, frame.first_seq, frame.last_seq, frame.count)
+            self.bytes += len(frame.payload)
         elif kind == "chunk":
-            c = frame.chunk
-            a.apply_chunk(c.offset, c.length, data, c.zero, c.xxh3)
-            self.bytes += len(data)
+            a.apply_chunk(frame.offset, frame.length, frame.payload, frame.zero, frame.xxh3)
+            self.bytes += len(frame.payload)
         elif kind == "close":
-            a.close_barrier(frame.close.final_seq)
+            a.close_barrier(frame.final_seq)
         elif kind == "hello":
             raise InvalidArgument(f"frame {frame.frame_no} is a second Hello; a stream names its vdisk once")
         else:

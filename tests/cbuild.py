@@ -28,6 +28,7 @@ IOFILTER = REPO / "iofilter"
 CFLAGS = ("-O2", "-g", "-Wall", "-Wextra", "-Werror", "-std=gnu11")
 LIBS = ("-lxxhash", "-lpthread")
 LIB_SOURCES = ("iofilter/liftshift_ring.c",)
+APPLY_SOURCES = ("sink/liftshift_apply.c",)
 STRESS_SOURCES = ("iofilter/ring_stress.c", "iofilter/liftshift_ring.c")
 HEADERS = ("iofilter/liftshift_ring.h",)
 
@@ -81,6 +82,8 @@ def _build(kind: str) -> Path:
     extra: tuple[str, ...]
     if kind == "lib":
         rel, sources, extra = "lib/libliftshift_ring.so", LIB_SOURCES, ("-fPIC", "-shared")
+    elif kind == "apply":
+        rel, sources, extra = "lib/libliftshift_apply.so", APPLY_SOURCES, ("-fPIC", "-shared")
     else:
         rel, sources, extra = "bin/ring_stress", STRESS_SOURCES, ()
     made = REPO / "build" / rel
@@ -96,6 +99,14 @@ def _build(kind: str) -> Path:
 def c_library() -> Path:
     """``libliftshift_ring.so``, fresh."""
     return _build("lib")
+
+
+def apply_library() -> Path | None:
+    """``libliftshift_apply.so`` (the sink's C fast path), fresh; None when C
+    cannot be built here (the sink then runs its Python path)."""
+    if _toolchain_problem() is not None and not _fresh(REPO / "build/lib/libliftshift_apply.so", APPLY_SOURCES):
+        return None
+    return _build("apply")
 
 
 def stress_binary() -> Path:

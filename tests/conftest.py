@@ -13,6 +13,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cbuild import apply_library  # noqa: E402
+
+# The sink's C fast path, fresh, for this process and every sink the tests
+# start (liftshift.sink.capply reads the variable when first imported).
+_apply_lib = apply_library()
+if _apply_lib is not None:
+    os.environ.setdefault("LIFTSHIFT_APPLY_LIB", str(_apply_lib))
+
 
 @pytest.fixture
 def shm_dir(tmp_path: Path) -> Iterator[Path]:

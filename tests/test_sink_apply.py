@@ -163,6 +163,7 @@ BAD_FRAMES: list[tuple[str, LiveBatch, type[LiftshiftError], str]] = [
     ("two flags", live([record(3, 0, b"x", flags=3)], 3), InvalidArgument, "exactly one of"),
     ("payload on zero", live([record(3, 0, b"x", flags=FLAG_ZERO)], 3), InvalidArgument, "carries a 1-byte payload"),
     ("length mismatch", live([record(3, 0, b"abc", length=4)], 3), InvalidArgument, "payload of 3 bytes"),
+    ("seq zero", live([record(0, 0, b"a")], 0), InvalidArgument, "sequence 0 is not valid"),
     ("seq jump in frame", live([record(3, 0, b"a"), record(5, 0, b"b")], 3, 5, 2), InvalidArgument,
      "seq 5 follows seq 3"),
     ("count disagrees", live([record(3, 0, b"a")], 3, 3, 2), InvalidArgument, "count=2"),

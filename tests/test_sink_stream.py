@@ -59,9 +59,10 @@ class Feed:
     def end(self) -> None:
         self.q.put_nowait(None)
 
-    async def frames(self) -> AsyncIterator[pb.Frame]:
+    async def frames(self) -> AsyncIterator[bytes]:
+        """Serialized, as gRPC hands them to the sink."""
         while (f := await self.q.get()) is not None:
-            yield f
+            yield f.SerializeToString()
 
 
 def session(disk: MemoryDisk | None = None, window: float = 0.005) -> tuple[ReplicateSession, MemoryDisk, Store]:
