@@ -96,6 +96,17 @@ class VsphereClient:
 
         return await s.run(work, doing=f"assigning storage policy {policy_id} to VM {vm.name!r}")
 
+    async def unassign_policy(self, vm: VsphereVm, disk_keys: Iterable[int]) -> VsphereVm:
+        """Back to the default policy, markers cleared; returns the VM read again."""
+        keys = list(disk_keys)
+        s = self.session
+
+        def work() -> VsphereVm:
+            policy.unassign_policy(s, vm, keys)
+            return inv.read_vm(s.si, vm.moid)
+
+        return await s.run(work, doing=f"removing the capture policy from VM {vm.name!r}")
+
     # -- destination VM ------------------------------------------------------
 
     async def create_shadow_vm(self, spec: ShadowVmSpec) -> VsphereVm:

@@ -7,7 +7,8 @@ capability-based profile whose rule names the filter's capability.
 :func:`ensure_policy` looks the policy up by name first (PBM accepts
 duplicate names, so creating blindly would make a new one on every run) and
 creates it only when missing.  :func:`assign_policy` assigns it to chosen
-disks with one ``ReconfigVM`` (a device ``edit`` with a profile per disk).
+disks with one ``ReconfigVM`` (a device ``edit`` with a profile per disk);
+:func:`unassign_policy` puts the disks back on the datastore default.
 
 Why a marker as well: the vCenter simulator we test against (govmomi 0.24)
 accepts policy assignments but records none of them (the association query
@@ -88,5 +89,22 @@ def assign_policy(session: VsphereSession, vm: VsphereVm, disk_keys: Iterable[in
                       for d in disks],
         extraConfig=[vim.option.OptionValue(key=f"{CAPTURE_MARKER}{d.key}", value=policy_id) for d in disks])
     what = f"assigning storage policy {policy_id} to {', '.join(d.label for d in disks)} of VM {vm.name!r}"
+    session.wait_task_sync(ref.ReconfigVM_Task(spec=spec), what)
+    log.info("%s: %s: done", session.where, what)
+
+
+def unassign_policy(session: VsphereSession, vm: VsphereVm, disk_keys: Iterable[int]) -> None:
+    """Put the disks back on the datastore's default policy and clear their
+    markers (an empty extraConfig value removes the key), in one reconfiguration."""
+    disks = [vm.disk(k) for k in dict.fromkeys(disk_keys)]
+    if not disks:
+        return
+    ref = vm_ref(session.si, vm.moid)
+    devices = {d.key: d for d in ref.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)}
+    spec = vim.vm.ConfigSpec(
+        deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="edit", device=devices[d.key],
+                                                      profile=[vim.vm.EmptyProfileSpec()]) for d in disks],
+        extraConfig=[vim.option.OptionValue(key=f"{CAPTURE_MARKER}{d.key}", value="") for d in disks])
+    what = f"removing the capture policy from {', '.join(d.label for d in disks)} of VM {vm.name!r}"
     session.wait_task_sync(ref.ReconfigVM_Task(spec=spec), what)
     log.info("%s: %s: done", session.where, what)

@@ -197,6 +197,20 @@ async def test_session_terminated_from_outside_logs_in_again(src: Vcsim, source:
     assert source.session.logins == 3
 
 
+async def test_relogin_with_a_changed_password_is_unauthenticated(src: Vcsim, source: VsphereClient) -> None:
+    other = src.connect()
+    try:
+        other.content.sessionManager.TerminateSession(
+            sessionId=[source.session.content.sessionManager.currentSession.key])
+    finally:
+        Disconnect(other)
+    source.session.side.password = "changed-meanwhile"
+    with pytest.raises(Unauthenticated) as err:
+        await source.inventory()
+    assert "logging in again" in err.value.message and "password" in (err.value.hint or "")
+    assert source.session.logins == 1
+
+
 async def test_idle_session_expiry_is_transparent(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     import asyncio
 
@@ -270,7 +284,7 @@ async def test_find_vm_not_found_lists_known_names(source: VsphereClient) -> Non
 
 # -- storage policy and capturability ------------------------------------------------
 
-async def test_policy_ensured_once_assigned_and_marked(source: VsphereClient) -> None:
+async def test_policy_ensured_once_assigned_marked_and_removed(source: VsphereClient) -> None:
     policy_id = await source.ensure_policy("liftshift-capture")
     assert await source.ensure_policy("liftshift-capture") == policy_id  # looked up, not created twice
     vm = await source.find_vm("DC0_C0_RP0_VM0")
@@ -281,6 +295,10 @@ async def test_policy_ensured_once_assigned_and_marked(source: VsphereClient) ->
     vms = {v.name: v for v in await source.inventory()}
     assert vms["DC0_C0_RP0_VM0"].disks[0].capture_policy == policy_id
     assert not vms["DC0_C0_RP0_VM1"].disks[0].capture_attached
+    # Detaching capture puts the disk back on the default policy and clears the marker.
+    detached = await source.unassign_policy(after, [after.disks[0].key])
+    assert not detached.disks[0].capture_attached
+    assert not (await source.find_vm("DC0_C0_RP0_VM0")).disks[0].capture_attached
 
 
 async def test_independent_nonpersistent_disk_is_refused(src: Vcsim, source: VsphereClient) -> None:
