@@ -177,7 +177,7 @@ class VdiskSync:
 
     def copy_done(self) -> bool:
         """No background chunk or dirty unit is left to read, ship or make durable."""
-        return (not any(self._todo) and not self._dirty and not self._plans
+        return (1 not in self._todo and not self._dirty and not self._plans
                 and not any(f.plan for f in self._frames.values()))
 
     # -- reads -----------------------------------------------------------

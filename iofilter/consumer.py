@@ -135,6 +135,7 @@ class RingConsumer:
         self.next_seq: int | None = None  # learned from the first record read
         self.closed_seq: int | None = None
         self._corrupt: list[tuple[int, int]] = []
+        self._zero_bitmap = bytes(self.geometry.bitmap_bytes)
         self._bell = os.open(bell_path(self.path), os.O_RDWR | os.O_NONBLOCK)
         self._xxh = xxhash.xxh3_64_intdigest
         self._set_waiting(0)
@@ -348,7 +349,10 @@ class RingConsumer:
         raw = self._mm[start : start + g.bitmap_bytes]
         chunks: set[int] = set()
         nonzero = []
-        for w, value in enumerate(struct.unpack(f"<{words}Q", raw)):
+        # Harvests run on every idle wake-up and the bitmap is almost always
+        # clear: compare it whole (memcmp) before looking at words in Python.
+        clear = raw == self._zero_bitmap
+        for w, value in enumerate(() if clear else struct.unpack(f"<{words}Q", raw)):
             if value:
                 nonzero.append(w)
                 base = w * 64

@@ -33,7 +33,7 @@ from simsite import MiB, SimVmDef, Site  # noqa: E402
 from liftshift.v1 import control_pb2 as cpb  # noqa: E402
 
 GiB = 1 << 30
-ROUNDS = 3
+ROUNDS = 5
 STEADY_S = 3.0
 
 
