@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import xxhash
+from liftshift.daemon.hashing import file_xxh3_128
 
 MiB = 1 << 20
 VM = "web-1"
@@ -108,14 +108,6 @@ class Demo:
                     pass
 
 
-def _digest(path: Path) -> str:
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while piece := f.read(8 * MiB):
-            h.update(piece)
-    return h.hexdigest()
-
-
 def run(demo: Demo) -> int:
     t0 = time.monotonic()
     sink_cfg, daemon_cfg = demo.configs()
@@ -144,7 +136,7 @@ def run(demo: Demo) -> int:
         except (OSError, ValueError):
             pass
         time.sleep(0.05)
-    sources = [_digest(demo.sim / VM / f"{n}.img") for n, _, _ in DISKS]
+    sources = [file_xxh3_128(demo.sim / VM / f"{n}.img") for n, _, _ in DISKS]
     same = booted == sources
     for (name, size, _), src, dst in zip(DISKS, sources, booted or [""] * len(DISKS), strict=True):
         verdict = "identical" if src == dst else "DIFFERENT"

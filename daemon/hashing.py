@@ -127,3 +127,22 @@ class _Window:
             self._start, self._len = at, got
         lo = at - self._start
         return self._mv[lo : min(self._len, stop - self._start)]
+
+
+def file_xxh3_128(path: str | os.PathLike[str]) -> str:
+    """XXH3-128 of a whole file, as hex (what the demo and the sim guest report)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return fd_xxh3_128(fd)
+    finally:
+        os.close(fd)
+
+
+def fd_xxh3_128(fd: int) -> str:
+    """XXH3-128 of everything an open file holds, as hex."""
+    h = xxhash.xxh3_128()
+    pos = 0
+    while piece := os.pread(fd, DEFAULT_READ, pos):
+        h.update(piece)
+        pos += len(piece)
+    return h.hexdigest()

@@ -28,8 +28,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import xxhash
-
 from .producer import RingProducer
 from .ring import RingClosedError, RingFrozenError
 
@@ -139,16 +137,9 @@ class Guest:
 
     def boot_digest(self) -> None:
         """XXH3-128 of every disk as it is before the first operation (what the VM boots from)."""
-        for fd in self.fds:
-            h = xxhash.xxh3_128()
-            pos = 0
-            while True:
-                piece = os.pread(fd, 4 << 20, pos)
-                if not piece:
-                    break
-                h.update(piece)
-                pos += len(piece)
-            self.stats.boot_digests.append(h.hexdigest())
+        from liftshift.daemon.hashing import fd_xxh3_128
+
+        self.stats.boot_digests = [fd_xxh3_128(fd) for fd in self.fds]
 
     def run(self, *, seconds: float | None = None, ops: int | None = None) -> None:
         """Run until SIGTERM (or ``seconds`` / ``ops``), then close the rings."""

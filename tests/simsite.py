@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import xxhash
 from e2e import free_port
 from procs import DaemonProcess, python_module, start_process
 
 from liftshift.daemon.errors import LiftshiftError, from_rpc_error
+from liftshift.daemon.hashing import file_xxh3_128
 from liftshift.v1 import control_pb2 as cpb
 from liftshift.v1 import control_pb2_grpc
 
@@ -183,14 +183,6 @@ class Site:
                     pass
 
 
-def image_digest(path: Path) -> str:
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while piece := f.read(4 * MiB):
-            h.update(piece)
-    return h.hexdigest()
-
-
 def boot_digests(site: Site, vm: str, timeout: float = 30) -> list[str]:
     """What the destination VM booted from (its guest's status file)."""
     status = site.data / ".liftshift-sink" / "vms" / vm / "status.json"
@@ -208,5 +200,5 @@ def boot_digests(site: Site, vm: str, timeout: float = 30) -> list[str]:
 
 def assert_identical_at_stop(site: Site, mid: str, vm: SimVmDef) -> None:
     """The destination VM booted from exactly what the stopped source holds."""
-    sources = [image_digest(site.image(vm.name, d)) for d, _, _ in vm.disks]
+    sources = [file_xxh3_128(site.image(vm.name, d)) for d, _, _ in vm.disks]
     assert boot_digests(site, vm.name) == sources, f"{vm.name}: destination booted from different bytes"
