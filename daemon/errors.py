@@ -126,10 +126,15 @@ def error_class(name: str) -> type[LiftshiftError] | None:
     """The error class called ``name`` (including subclasses defined later)."""
     if name not in _BY_NAME:
         # Subclasses defined in other modules exist only once imported: make
-        # sure every module that defines one is, whoever the caller is.
+        # sure every module that defines one is, whoever the caller is.  The
+        # vSphere ones pull in pyvmomi, so only when the name is still unknown.
         from . import lifecycle  # noqa: F401
 
         _register(LiftshiftError)
+        if name not in _BY_NAME:
+            from . import vsphere_inventory, vsphere_session  # noqa: F401
+
+            _register(LiftshiftError)
     return _BY_NAME.get(name)
 
 
