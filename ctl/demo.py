@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     shm_base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else root
     shm = Path(tempfile.mkdtemp(prefix="liftshift-demo-rings-", dir=shm_base))
     demo = Demo(root, shm)
+    # A demo stopped by SIGTERM (a timeout, CI) still stops what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return run(demo)
     except (RuntimeError, subprocess.SubprocessError, OSError) as e:

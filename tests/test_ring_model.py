@@ -184,9 +184,11 @@ class FinalCheck(RingModel):
     """Same machine, ending every run with the image comparison."""
 
     def teardown(self) -> None:
-        if hasattr(self, "consumer"):
-            self.check_final()
-        super().teardown()
+        try:
+            if hasattr(self, "consumer"):
+                self.check_final()
+        finally:
+            super().teardown()  # a failing example must not leave its ring in /dev/shm
 
 
 TestRingModel = FinalCheck.TestCase
