@@ -14,17 +14,19 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from liftshift.v1 import common_pb2, control_pb2_grpc
 from liftshift.v1 import control_pb2 as cpb
-from liftshift.v1 import control_pb2_grpc
 
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .lifecycle import FINAL
 from .migrations import Migrations
-from .platform import Platform
+from .platform import Platform, Power
 from .vdisk import VdiskReplicator
 
 _STATES = {"copying": cpb.REPLICATION_STATE_COPYING, "converged": cpb.REPLICATION_STATE_CONVERGED,
            "closed": cpb.REPLICATION_STATE_CLOSED}
+_POWER = {Power.ON: common_pb2.POWER_STATE_POWERED_ON, Power.OFF: common_pb2.POWER_STATE_POWERED_OFF,
+          Power.NOT_CREATED: common_pb2.POWER_STATE_NOT_CREATED}
 VERIFY_CHUNK = 1 << 20
 VERIFY_BATCH = 4096  # chunks hashed per HashRanges call
 
@@ -120,7 +122,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         out = cpb.ListVmsResponse()
         for info in await self.platform.inventory():
             m = mig.migration_of(info.name)
-            vm = out.vms.add(name=info.name, platform=info.platform, power_state=mig.vm_power_pb(info.power),
+            vm = out.vms.add(name=info.name, platform=info.platform, power_state=_POWER[info.power],
                              migration_id=m.id if m else "")
             for d in info.disks:
                 vm.disks.add(name=d.name, size_bytes=d.size, allocated_bytes=d.allocated,

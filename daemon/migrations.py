@@ -35,7 +35,6 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from liftshift.v1 import common_pb2
 from liftshift.v1 import control_pb2 as cpb
 
 from . import cutover
@@ -383,9 +382,10 @@ class Migrations:
     def _check_cutover(self, v: VmRec, force: bool) -> Event:
         event = Event.FORCE_CUTOVER if force else Event.CUTOVER
         if (v.state, event) not in _ALLOWED:
-            e = IllegalTransition(v.state, event)
-            raise IllegalTransition(v.state, event) if v.state is not State.SYNCING else FailedPrecondition(
-                f"VM {v.vm} has not converged yet (it is {v.state})", hint=e.hint)
+            refused = IllegalTransition(v.state, event)
+            if v.state is State.SYNCING:
+                raise FailedPrecondition(f"VM {v.vm} has not converged yet (it is {v.state})", hint=refused.hint)
+            raise refused
         return event
 
     def _begin_cutover(self, m: MigrationRec, v: VmRec, force: bool) -> asyncio.Task[cpb.CutoverReport]:
@@ -639,8 +639,11 @@ class Migrations:
                 self._snapshot(d)  # fresh numbers for a vdisk being replicated
                 p = self.last_progress.get(d.vdisk_id) or cpb.VdiskProgress(name=d.name, vdisk_id=d.vdisk_id,
                                                                               size_bytes=d.size, eta_seconds=-1)
-                if d.vdisk_id not in self.replicators:
-                    p = cpb.VdiskProgress(**{**_fields(p), "connected": False, "bandwidth_bytes_per_s": 0.0})
+                if d.vdisk_id not in self.replicators:  # last known numbers; nothing flows now
+                    stale = cpb.VdiskProgress()
+                    stale.CopyFrom(p)
+                    stale.connected, stale.bandwidth_bytes_per_s = False, 0.0
+                    p = stale
                 vm.vdisks.append(p)
                 backlog += p.backlog_bytes
                 bw += p.bandwidth_bytes_per_s
@@ -657,10 +660,6 @@ class Migrations:
         out.allowed.extend(sorted(e.value for e in events if e not in (Event.CONVERGED, Event.DIVERGED,
                                                                         Event.COMPLETED, Event.FAILED)))
         return out
-
-    def vm_power_pb(self, power: Power) -> int:
-        return {Power.ON: common_pb2.POWER_STATE_POWERED_ON, Power.OFF: common_pb2.POWER_STATE_POWERED_OFF}.get(
-            power, common_pb2.POWER_STATE_NOT_CREATED)
 
     # -- events --------------------------------------------------------------
 
@@ -721,10 +720,6 @@ _ALLOWED = set(TRANSITIONS)
 def _backlog(r: VdiskReplicator) -> int:
     p = r.core.progress
     return max(0, p.background_total - p.background_done) + r.core.dirty_bytes + r.consumer.pending_bytes()
-
-
-def _fields(msg: cpb.VdiskProgress) -> dict[str, object]:
-    return {f.name: getattr(msg, f.name) for f in msg.DESCRIPTOR.fields}
 
 
 def _fill(report: cpb.CutoverReport, t: cutover.CutoverTimes | None) -> None:
