@@ -31,6 +31,7 @@ class MigrationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MIGRATION_STATE_COMPLETED: _ClassVar[MigrationState]
     MIGRATION_STATE_FAILED: _ClassVar[MigrationState]
     MIGRATION_STATE_ABORTED: _ClassVar[MigrationState]
+    MIGRATION_STATE_ROLLED_BACK: _ClassVar[MigrationState]
 
 class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -54,6 +55,7 @@ MIGRATION_STATE_CUTTING_OVER: MigrationState
 MIGRATION_STATE_COMPLETED: MigrationState
 MIGRATION_STATE_FAILED: MigrationState
 MIGRATION_STATE_ABORTED: MigrationState
+MIGRATION_STATE_ROLLED_BACK: MigrationState
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_PROGRESS: EventKind
 EVENT_KIND_STATE_CHANGED: EventKind
@@ -149,18 +151,20 @@ class ListVmsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VmDisk(_message.Message):
-    __slots__ = ("name", "size_bytes", "allocated_bytes", "capture_attached", "image")
+    __slots__ = ("name", "size_bytes", "allocated_bytes", "capture_attached", "image", "capture_policy")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_ATTACHED_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_POLICY_FIELD_NUMBER: _ClassVar[int]
     name: str
     size_bytes: int
     allocated_bytes: int
     capture_attached: bool
     image: str
-    def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., capture_attached: _Optional[bool] = ..., image: _Optional[str] = ...) -> None: ...
+    capture_policy: str
+    def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., capture_attached: _Optional[bool] = ..., image: _Optional[str] = ..., capture_policy: _Optional[str] = ...) -> None: ...
 
 class Vm(_message.Message):
     __slots__ = ("name", "platform", "power_state", "disks", "migration_id")
@@ -389,3 +393,17 @@ class CutoverResponse(_message.Message):
     migration: Migration
     reports: _containers.RepeatedCompositeFieldContainer[CutoverReport]
     def __init__(self, migration: _Optional[_Union[Migration, _Mapping]] = ..., reports: _Optional[_Iterable[_Union[CutoverReport, _Mapping]]] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("migration_id", "vm")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    vm: str
+    def __init__(self, migration_id: _Optional[str] = ..., vm: _Optional[str] = ...) -> None: ...
+
+class AttachFilterRequest(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    def __init__(self, vm: _Optional[str] = ...) -> None: ...
