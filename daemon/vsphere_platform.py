@@ -107,8 +107,8 @@ class VspherePlatform(Platform):
 
     def __init__(self, cfg: VsphereConfig, max_message: int = 16 << 20) -> None:
         self.cfg = cfg
-        self.source = VsphereClient(cfg.source, "source vCenter")
-        self.destination = VsphereClient(cfg.destination, "destination vCenter")
+        self.source = VsphereClient(cfg.source, "source")
+        self.destination = VsphereClient(cfg.destination, "destination")
         self._connected: set[str] = set()
         self._connect_lock = asyncio.Lock()
         self._vm_locks: dict[str, asyncio.Lock] = {}
@@ -173,7 +173,7 @@ class VspherePlatform(Platform):
             state = _ring_state(ring)
             attached = state is not None and state[0] != 0 and not state[1]
             disks.append(Disk(name=device_name(d), size=d.capacity, allocated=allocated, image=image,
-                              ring=ring if state is not None else None, capture_attached=attached,
+                              ring=ring, capture_attached=attached,
                               capture_policy=d.capture_policy or ""))
         return VmInfo(name=vm.name, platform=self.name, power=vm.power, disks=tuple(disks))
 
@@ -194,7 +194,8 @@ class VspherePlatform(Platform):
         """Every disk capturable, under the capture policy and readable; device name -> flat file."""
         images = {}
         for d in vm.disks:
-            capturable(vm.name, d)
+            capturable(vm.name, d)  # what no policy can fix is said first
+        for d in vm.disks:
             if not d.capture_attached:
                 raise NotCapturable(f"disk {d.label!r} ({d.file_name}) of VM {vm.name!r} does not have the "
                                     f"liftshift capture policy, so no IO filter sees its writes",

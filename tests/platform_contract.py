@@ -116,7 +116,8 @@ class PlatformContract:
         shadows: list[ShadowDisk] = await env.make_shadows(vm, closed=False)  # type: ignore[operator]
         await env.platform.create_destination(vm, env.destination, "m-contract", shadows)
         await env.platform.create_destination(vm, env.destination, "m-contract", shadows)  # idempotent
-        assert await env.platform.destination_power(vm, env.destination) is Power.NOT_CREATED
+        # Defined, not running (sim reports a never-started VM as not created, vCenter as off).
+        assert await env.platform.destination_power(vm, env.destination) is not Power.ON
         with pytest.raises(FailedPrecondition, match="CLOSE"):
             await env.platform.power_on_destination(vm, env.destination)
         await env.make_shadows(vm, closed=True)  # type: ignore[operator]
