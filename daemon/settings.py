@@ -131,15 +131,15 @@ class VsphereSide:
                                           "(default: the system's CAs).")
     insecure: bool = doc(False, help="Do not verify the vCenter certificate at all (logged as a warning; "
                                      "tests and labs only).")
-    datacenter: str = doc("", help="Datacenter name (empty: the only one).")
-    cluster: str = doc("", help="Destination cluster whose root resource pool receives shadow VMs.")
-    resource_pool: str = doc("", help="Destination resource pool, inventory path under the datacenter's host "
+    datacenter: str = doc("", help="Datacenter name (empty: the only one); on the destination, where shadow VMs go.")
+    cluster: str = doc("", help="(destination) Cluster whose root resource pool receives shadow VMs.")
+    resource_pool: str = doc("", help="(destination) Resource pool, inventory path under the datacenter's host "
                                       "folder (e.g. \"DC0_C0/Resources/pool1\"); instead of cluster.")
-    folder: str = doc("", help="Destination VM folder, path under the datacenter's VM folder (empty: its root).")
-    datastore: str = doc("", help="Destination datastore holding the shadow vdisks (empty: the only one).")
-    shadow_dir: str = doc("liftshift", help="Directory on the destination datastore where the sink writes "
+    folder: str = doc("", help="(destination) VM folder, path under the datacenter's VM folder (empty: its root).")
+    datastore: str = doc("", help="(destination) Datastore holding the shadow vdisks (empty: the only one).")
+    shadow_dir: str = doc("liftshift", help="(destination) Directory on the datastore where the sink writes "
                                             "shadow vdisks ([datastore] <shadow_dir>/<vdisk id>.vmdk).")
-    network_map: dict[str, str] = doc(default_factory=dict, help="Source network name -> destination network "
+    network_map: dict[str, str] = doc(default_factory=dict, help="(destination) Source network name -> destination network "
                                                                  "name (unmapped networks keep their name).")
     task_timeout_s: float = doc(600.0, help="Longest wait for one vSphere task (create, reconfigure, power).")
     guest_shutdown_timeout_s: float = doc(300.0, help="Longest wait for a guest shutdown before powering off.")

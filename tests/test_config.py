@@ -98,3 +98,9 @@ def test_vsphere_config_errors_name_the_key(tmp_path: Path, change: tuple[str, s
     assert change[0] in _VSPHERE
     with pytest.raises(ConfigError, match=re.escape(needle)):
         config.load(DaemonConfig, write(tmp_path, _VSPHERE.replace(*change)), "LIFTSHIFT_DAEMON_", environ={})
+
+
+def test_vsphere_example_config_loads() -> None:
+    example = Path(__file__).resolve().parent.parent / "daemon" / "daemon.vsphere.example.toml"
+    cfg = config.load(DaemonConfig, example, "LIFTSHIFT_DAEMON_", environ={})
+    assert cfg.platform == "vsphere" and cfg.vsphere.destination.datastore == "vsanDatastore"
