@@ -127,10 +127,13 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     def _vm_pb(self, info: VmInfo) -> cpb.Vm:
         m = self._m().migration_of(info.name)
         vm = cpb.Vm(name=info.name, platform=info.platform, power_state=_POWER[info.power],
-                    migration_id=m.id if m else "")
+                    migration_id=m.id if m else "", host=info.host, guest_os=info.guest_os, num_cpu=info.num_cpu,
+                    memory_mb=info.memory_mb, firmware=info.firmware,
+                    nics=[cpb.VmNic(label=n.label, kind=n.kind, network=n.network) for n in info.nics])
         for d in info.disks:
             vm.disks.add(name=d.name, size_bytes=d.size, allocated_bytes=d.allocated,
-                         capture_attached=d.capture_attached, image=str(d.image), capture_policy=d.capture_policy)
+                         capture_attached=d.capture_attached, image=str(d.image), capture_policy=d.capture_policy,
+                         backing_file=d.backing_file, datastore=d.datastore, controller=d.controller)
         return vm
 
     async def AttachFilter(self, request: cpb.AttachFilterRequest, context: grpc.aio.ServicerContext) -> cpb.Vm:

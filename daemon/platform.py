@@ -52,6 +52,18 @@ class Disk:
     ring: Path | None  # where its writes are captured, once attached
     capture_attached: bool
     capture_policy: str = ""  # vsphere: the capture storage policy on the disk ("" if none)
+    backing_file: str = ""  # where the platform keeps it (vsphere: "[datastore] dir/name.vmdk")
+    datastore: str = ""
+    controller: str = ""  # e.g. "SCSI controller 0 (pvscsi) 0:1"
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A network adapter of a source VM."""
+
+    label: str
+    kind: str
+    network: str
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,13 @@ class VmInfo:
     platform: str
     power: Power
     disks: tuple[Disk, ...]
+    # What the platform knows besides (empty when it does not say).
+    host: str = ""
+    guest_os: str = ""
+    num_cpu: int = 0
+    memory_mb: int = 0
+    firmware: str = ""
+    nics: tuple[Nic, ...] = ()
 
 
 @dataclass(frozen=True)

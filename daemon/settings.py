@@ -139,8 +139,9 @@ class VsphereSide:
     datastore: str = doc("", help="(destination) Datastore holding the shadow vdisks (empty: the only one).")
     shadow_dir: str = doc("liftshift", help="(destination) Directory on the datastore where the sink writes "
                                             "shadow vdisks ([datastore] <shadow_dir>/<vdisk id>.vmdk).")
-    network_map: dict[str, str] = doc(default_factory=dict, help="(destination) Source network name -> destination network "
-                                                                 "name (unmapped networks keep their name).")
+    network_map: dict[str, str] = doc(default_factory=dict,
+                                      help="(destination) Source network name -> destination network name "
+                                           "(unmapped networks keep their name).")
     task_timeout_s: float = doc(600.0, help="Longest wait for one vSphere task (create, reconfigure, power).")
     guest_shutdown_timeout_s: float = doc(300.0, help="Longest wait for a guest shutdown before powering off.")
     request_timeout_s: float = doc(120.0, help="HTTP timeout of one vSphere API request.")

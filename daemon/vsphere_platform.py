@@ -58,7 +58,7 @@ from liftshift.v1 import replication_pb2_grpc
 
 from . import vmdk
 from .errors import FailedPrecondition, LiftshiftError, NotFound, Unavailable, from_rpc_error
-from .platform import Disk, Platform, Power, ShadowDisk, VmInfo
+from .platform import Disk, Nic, Platform, Power, ShadowDisk, VmInfo
 from .service import grpc_options
 from .settings import VsphereConfig
 from .vsphere import NotCapturable, ShadowVmSpec, VsphereClient, VsphereDisk, VsphereVm, capturable
@@ -174,8 +174,11 @@ class VspherePlatform(Platform):
             attached = state is not None and state[0] != 0 and not state[1]
             disks.append(Disk(name=device_name(d), size=d.capacity, allocated=allocated, image=image,
                               ring=ring, capture_attached=attached,
-                              capture_policy=d.capture_policy or ""))
-        return VmInfo(name=vm.name, platform=self.name, power=vm.power, disks=tuple(disks))
+                              capture_policy=d.capture_policy or "", backing_file=d.file_name, datastore=d.datastore,
+                              controller=f"{d.controller} ({d.controller_kind}) {d.bus}:{d.unit}"))
+        return VmInfo(name=vm.name, platform=self.name, power=vm.power, disks=tuple(disks), host=vm.host,
+                      guest_os=vm.guest_name or vm.guest_id, num_cpu=vm.num_cpu, memory_mb=vm.memory_mb,
+                      firmware=vm.firmware, nics=tuple(Nic(n.label, n.kind, n.network) for n in vm.nics))
 
     # -- Platform: inventory ------------------------------------------------
 

@@ -153,6 +153,26 @@ async def test_inventory_without_vsphere_vms_has_no_policy_column(fake_addr: tup
     assert "POLICY" not in r.out
 
 
+async def test_inventory_of_named_vms_shows_everything_known(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    cold = fake.vms[2]
+    cold.host, cold.guest_os, cold.num_cpu, cold.memory_mb, cold.firmware = "esx-07", "Ubuntu 22.04", 4, 8192, "efi"
+    cold.nics.add(label="Network adapter 1", kind="vmxnet3", network="VM Network")
+    d = cold.disks[0]
+    d.backing_file, d.datastore, d.controller = "[ds1] cold-1/cold-1.vmdk", "ds1", "SCSI controller 0 (pvscsi) 0:0"
+    r = await cli("inventory", "cold-1", "web-1", address=addr)
+    assert r.rc == 0, r
+    for text in ("esx-07", "Ubuntu 22.04", "8.00 GiB", "Network adapter 1 (vmxnet3) on VM Network",
+                 "[ds1] cold-1/cold-1.vmdk", "SCSI controller 0 (pvscsi) 0:0", "web-1", "disk1"):
+        assert text in r.out, (text, r.out)
+    assert "db-1" not in r.out
+    j = await cli("--json", "inventory", "cold-1", address=addr)
+    (vm,) = j.json()["vms"]
+    assert (vm["num_cpu"], vm["disks"][0]["datastore"], vm["nics"][0]["network"]) == (4, "ds1", "VM Network")
+    missing = await cli("inventory", "ghost", address=addr)
+    assert missing.rc == 3 and "no VM 'ghost'" in missing.err and "cold-1" in missing.err, missing
+
+
 async def test_inventory_json_has_every_field(fake_addr: tuple[FakeControl, str]) -> None:
     _, addr = fake_addr
     r = await cli("--json", "inventory", address=addr)

@@ -171,6 +171,19 @@ async def test_live_migration_with_automatic_cutover(site: VsphereSite) -> None:
     assert [(d["name"], int(d["size_bytes"])) for d in vms["app1"]["disks"]] == [("scsi0-0", 8 * MiB),
                                                                                 ("scsi0-1", 4 * MiB)]
     assert not any(d.get("capture_policy") for d in vms["app1"]["disks"])
+    detail = await site.cli("inventory", "app1", "--json")
+    (app1,) = detail.json()["vms"]
+    assert {k: app1[k] for k in ("host", "num_cpu", "memory_mb", "firmware")} == {
+        "host": "DC0_C0_H0", "num_cpu": 2, "memory_mb": "2048", "firmware": "efi"}
+    assert [(n["kind"], n["network"]) for n in app1["nics"]] == [("vmxnet3", "VM Network")]
+    assert app1["guest_os"] and app1["nics"][0]["label"]
+    assert [(d["backing_file"], d["datastore"], d["controller"]) for d in app1["disks"]] == [
+        ("[LocalDS_0] app1/app1.vmdk", "LocalDS_0", "pvscsi-1000 (pvscsi) 0:0"),
+        ("[LocalDS_0] app1/app1_1.vmdk", "LocalDS_0", "pvscsi-1000 (pvscsi) 0:1")]
+    shown = await site.cli("inventory", "app1")
+    assert shown.rc == 0 and "[LocalDS_0] app1/app1_1.vmdk" in shown.out and "VM Network" in shown.out, shown
+    missing = await site.cli("inventory", "ghost")
+    assert missing.rc == 3 and "no VM 'ghost'" in missing.err, missing
 
     refused = await site.cli("migrate", "create", "app1", "--dest", site.destination, "--start")
     assert refused.rc != 0 and "liftshift vsphere attach-filter app1" in refused.err, refused
