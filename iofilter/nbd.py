@@ -27,7 +27,9 @@ throttle word set, room in the ring): :meth:`Export.can_run_inline`.  Reads
 run beside the writes: small ones inline (a pread from the page cache),
 large ones in a two-thread pool.  The connection's reader never waits for a
 request to finish, only for an in-flight budget (count and bytes), so
-requests pipeline and replies go out in completion order.
+requests pipeline and replies go out in completion order; the replies of
+one burst of requests are coalesced into one send (a send per 4 KiB reply
+was the largest cost left in a profile under fio at queue depth 8).
 
 Refusals (NBD error values, mapped in :func:`wire_error`): a frozen ring ->
 EIO (the write may succeed later); a closed ring or a read-only export ->
@@ -341,6 +343,8 @@ class Connection:
         self._room = asyncio.Event()
         self._room.set()
         self._failures: Counter[str] = Counter()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
 
     async def run(self) -> None:
         """Serve the client until it disconnects, breaks the protocol or the server stops."""
@@ -360,6 +364,7 @@ class Connection:
         finally:
             self._closing = True
             await self._idle.wait()  # writes in the ordered path finish whatever happens
+            self._flush()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._w.drain(), 5.0)
             self._w.close()
@@ -531,13 +536,19 @@ class Connection:
         self._reply(handle, error)
 
     def _reply(self, handle: int, error: int = 0, data: bytes | None = None) -> None:
-        if self._w.is_closing():
-            return  # the client is gone; the request's effects stand, its answer is lost
-        header = P.SIMPLE_REPLY.pack(P.SIMPLE_REPLY_MAGIC, error, handle)
+        """Queue a simple reply; the replies of one burst of requests leave in one send."""
+        self._out.append(P.SIMPLE_REPLY.pack(P.SIMPLE_REPLY_MAGIC, error, handle))
         if data:
-            self._w.writelines((header, data))
-        else:
-            self._w.write(header)
+            self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if out and not self._w.is_closing():  # when the client is gone, the answers are lost (not the effects)
+            self._w.writelines(out)
 
     async def _discard(self, length: int) -> None:
         while length:
@@ -716,6 +727,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except OSError as e:
         print(f"liftshift-nbd: cannot listen: {e}", file=sys.stderr)
+        return 1
+    except RingError as e:  # --close-on-exit could not append CLOSE
+        log.error("liftshift-nbd: %s", e)
         return 1
     return 0
 
