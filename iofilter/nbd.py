@@ -85,6 +85,7 @@ INLINE_WRITE_MAX = 256 << 10  # writes up to this size may be applied on the eve
 DISCARD_MAX = 2 * P.MAX_BLOCK  # an oversized WRITE payload up to this is read and dropped
 MAX_INFLIGHT = 256  # requests read but not yet answered, per connection
 MAX_INFLIGHT_BYTES = 64 << 20
+OUT_FLUSH_BYTES = 256 << 10  # queued reply data past this goes to the transport at once
 _ZEROES = bytes(1 << 20)
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -344,6 +345,7 @@ class Connection:
         self._room.set()
         self._failures: Counter[str] = Counter()
         self._out: list[bytes] = []
+        self._out_bytes = 0
         self._flush_scheduled = False
 
     async def run(self) -> None:
@@ -540,12 +542,17 @@ class Connection:
         self._out.append(P.SIMPLE_REPLY.pack(P.SIMPLE_REPLY_MAGIC, error, handle))
         if data:
             self._out.append(data)
+            self._out_bytes += len(data)
+            if self._out_bytes >= OUT_FLUSH_BYTES:
+                self._flush()  # into the transport, where the reader's drain() sees it
+                return
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._out_bytes = 0
         out, self._out = self._out, []
         if out and not self._w.is_closing():  # when the client is gone, the answers are lost (not the effects)
             self._w.writelines(out)
