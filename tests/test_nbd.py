@@ -257,8 +257,8 @@ def test_nbdcopy_over_several_connections(nbd: Callable[..., Nbd], tmp_path: Pat
     s = nbd()
     src = tmp_path / "src.img"
     make_image(src, seed=42)
-    p = subprocess.run([require_tool("nbdcopy"), "--connections=4", "--threads=4", "--requests=8", "--flush", str(src), s.uri],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run([require_tool("nbdcopy"), "--connections=4", "--threads=4", "--requests=8", "--flush",
+                        str(src), s.uri], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     assert file_digest(s.image) == file_digest(src)
     assert_replay_matches(s, tmp_path)
