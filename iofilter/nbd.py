@@ -20,8 +20,8 @@ only overlapping ranges would allow more parallelism, but the Python producer
 publishes under one lock anyway and a pwrite of a few KiB costs less than
 range tracking.  The path is a single-thread executor, which keeps throttle
 sleeps, overflow waits and fdatasync off the event loop.  Handing every 4 KiB
-write to a thread costs ~3x in IOPS (measured with fio: ~3.8k vs ~9.5k with
-a ring), so a small WRITE without FUA runs inline on the loop when nothing is
+write to a thread costs ~3x in IOPS (fio, before replies were coalesced:
+~3.8k vs ~9.5k with a ring), so a small WRITE without FUA runs inline on the loop when nothing is
 queued in the thread (it cannot overtake anything) and it cannot sleep (no
 throttle word set, room in the ring): :meth:`Export.can_run_inline`.  Reads
 run beside the writes: small ones inline (a pread from the page cache),
@@ -42,8 +42,8 @@ in the middle of a WRITE payload leaves nothing applied or published,
 because a request is dispatched only once its payload is complete.  Errors
 are logged once per connection (the first, then a count at disconnect).
 
-Structured replies, block status and TLS are declined (the protocol allows
-simple replies only).  ``CAN_MULTI_CONN`` is advertised: no cache of our own,
+Structured replies, block status and TLS are declined (a server may answer
+with simple replies only).  ``CAN_MULTI_CONN`` is advertised: no cache of our own,
 one file descriptor, one ordered write path, so a FLUSH on one connection
 covers the completed writes of every connection.
 
@@ -51,6 +51,12 @@ SIGTERM / SIGINT: stop listening, stop reading requests, finish and answer
 the ones already read, fdatasync, exit 0.  CLOSE is appended to the ring only
 with ``--close-on-exit`` (when the server lives as long as the VM; otherwise
 the VM may reconnect and whoever stops the VM closes the ring).
+
+Known limits: an inline pwrite that blocks (a disk under writeback pressure)
+stalls the loop, reads included; a throttle switched on between
+``can_run_inline`` and ``admit`` can make one inline write sleep a slot on the
+loop; with a bytes-per-second throttle a large TRIM or WRITE_ZEROES is charged
+its whole length, as the ring's admit does for every range.
 """
 
 from __future__ import annotations

@@ -136,6 +136,7 @@ class RequestRefused:
 
     @property
     def error_name(self) -> str:
+        """The error's symbolic name (``EINVAL``...)."""
         return ERROR_NAMES.get(self.error, str(self.error))
 
 
