@@ -110,6 +110,17 @@ class Client:
         """VMs the platform knows, with their disks and migration."""
         return await self._call(self.stub.ListVms, cpb.ListVmsRequest())
 
+    async def attach_filter(self, vm: str) -> cpb.Vm:
+        """vsphere: assign the liftshift capture storage policy to every disk of ``vm``.
+
+        The policy is created if missing; do this before creating a migration
+        of the VM.  Returns the VM with its disks (``capture_policy`` set).
+        Refused (FailedPrecondition) on a platform without an IO filter
+        (sim) and for a disk that cannot be captured (independent-
+        nonpersistent, physical RDM), naming the disk.
+        """
+        return await self._call(self.stub.AttachFilter, cpb.AttachFilterRequest(vm=vm))
+
     async def list_replications(self) -> cpb.ListReplicationsResponse:
         """Replication state of every vdisk the daemon ships."""
         return await self._call(self.stub.ListReplications, cpb.ListReplicationsRequest())
@@ -148,8 +159,19 @@ class Client:
         """Stop for good; the source VMs keep running untouched."""
         return await self._call(self.stub.AbortMigration, cpb.MigrationRef(migration_id=migration_id))
 
+    async def rollback(self, migration_id: str, vm: str = "") -> cpb.Migration:
+        """After a failed cutover: remove the destination VM and power the source VM on again.
+
+        ``vm`` names one VM of the migration; "" rolls back every VM whose
+        cutover failed.  The destination VM is removed (its shadow vdisks are
+        kept) and the VM ends ``MIGRATION_STATE_ROLLED_BACK``.  Refused
+        (:class:`IllegalTransition`) when no such VM has a failed cutover.
+        """
+        return await self._call(self.stub.RollbackMigration,
+                                cpb.RollbackRequest(migration_id=migration_id, vm=vm))
+
     async def list_migrations(self, all: bool = False) -> cpb.ListMigrationsResponse:
-        """Unfinished migrations (``all``: completed and aborted ones too)."""
+        """Unfinished migrations (``all``: completed, aborted and rolled-back ones too)."""
         return await self._call(self.stub.ListMigrations, cpb.ListMigrationsRequest(all=all))
 
     async def get_migration(self, migration_id: str) -> cpb.Migration:
@@ -159,8 +181,8 @@ class Client:
     async def watch(self, migration_id: str = "", interval_ms: int = 500) -> AsyncIterator[cpb.MigrationEvent]:
         """Events as they happen ("" : every migration).
 
-        With an id the stream ends once that migration is completed or
-        aborted; leaving the ``async for`` early cancels the stream.
+        With an id the stream ends once that migration is completed, aborted
+        or rolled back; leaving the ``async for`` early cancels the stream.
         """
         call = self.stub.Watch(cpb.WatchRequest(migration_id=migration_id, interval_ms=interval_ms))
         try:

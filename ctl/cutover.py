@@ -81,7 +81,8 @@ async def run(args: argparse.Namespace, client: Client, out: Output) -> int:
         why = r.error or "the disks were not proven identical"
         out.fail("CutoverFailed", f"cutover of {r.vm} failed: {why}",
                  f"see `liftshift migrate show {resp.migration.id}`; the migration can be resumed and the "
-                 "cutover retried" if resp.migration.id else None)
+                 f"cutover retried, or the VM rolled back (`liftshift migrate rollback {resp.migration.id} "
+                 f"--vm {r.vm}`)" if resp.migration.id else None)
     return EXIT_FAILED if failed else 0
 
 

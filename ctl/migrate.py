@@ -1,8 +1,9 @@
-"""``liftshift migrate``: create, start, pause, resume, abort, list and show migrations."""
+"""``liftshift migrate``: create, start, pause, resume, abort, roll back, list and show migrations."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from rich import box
 from rich.console import Group
@@ -33,7 +34,7 @@ def _rate(text: str) -> int:
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("migrate", parents=[common], help="create and drive migrations",
-                       description="Create, start, pause, resume, abort, list and show migrations.")
+                       description="Create, start, pause, resume, abort, roll back, list and show migrations.")
     acts = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     c = acts.add_parser("create", parents=[common], help="define a migration of one or more VMs",
@@ -62,9 +63,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         a.add_argument("migration", metavar="MIGRATION", help="migration id")
         a.set_defaults(run=fn)
 
+    rb = acts.add_parser("rollback", parents=[common],
+                         help="after a failed cutover: remove the destination VM, power the source VM on again",
+                         description="After a failed cutover: remove the VM at the destination (its shadow vdisks "
+                                     "are kept) and power the source VM on again; the VM ends rolled-back. Needs a "
+                                     "VM whose cutover failed (see `liftshift migrate show`); a migration that has "
+                                     "not reached cutover is stopped with `migrate abort` instead.",
+                         epilog="example: liftshift migrate rollback m-1a2b --vm web-1")
+    rb.add_argument("migration", metavar="MIGRATION", help="migration id")
+    rb.add_argument("--vm", default="", metavar="VM",
+                    help="roll back this VM of the migration (default: every VM whose cutover failed)")
+    rb.set_defaults(run=rollback)
+
     lst = acts.add_parser("list", parents=[common], help="list migrations",
-                          description="Unfinished migrations (with --all, completed and aborted ones too).")
-    lst.add_argument("--all", action="store_true", help="include completed and aborted migrations")
+                          description="Unfinished migrations (with --all, completed, aborted and rolled-back "
+                                      "ones too).")
+    lst.add_argument("--all", action="store_true", help="include completed, aborted and rolled-back migrations")
     lst.set_defaults(run=list_)
 
     show = acts.add_parser("show", parents=[common], help="one migration in detail",
@@ -89,11 +103,13 @@ async def create(args: argparse.Namespace, client: Client, out: Output) -> int:
     return 0
 
 
-async def _act(out: Output, m: cpb.Migration, verb: str) -> int:
+async def _act(out: Output, m: cpb.Migration, verb: str, lines: Sequence[Text] = ()) -> int:
     if out.json:
         out.emit(m)
         return 0
     out.console.print(Text.assemble(f"{verb} migration ", (m.id, "bold"), ": ", state_text(m.state)))
+    for line in lines:
+        out.console.print(line)
     if m.allowed:
         out.console.print(f"Allowed now: {', '.join(m.allowed)}")
     return 0
@@ -115,6 +131,17 @@ async def abort(args: argparse.Namespace, client: Client, out: Output) -> int:
     return await _act(out, await client.abort(args.migration), "Aborted")
 
 
+async def rollback(args: argparse.Namespace, client: Client, out: Output) -> int:
+    m = await client.rollback(args.migration, args.vm)
+    # The answer does not say which VMs this request rolled back: with --vm
+    # that one, otherwise every VM now rolled back.
+    done = [vm.vm for vm in m.vms if vm.state == cpb.MIGRATION_STATE_ROLLED_BACK and vm.vm == (args.vm or vm.vm)]
+    style = state_text(cpb.MIGRATION_STATE_ROLLED_BACK).style
+    return await _act(out, m, "Rolled back", [
+        Text.assemble("VM ", (vm, "bold"), ": ", ("rolled back", style),
+                      " — destination VM removed, source VM powered on") for vm in done])
+
+
 async def list_(args: argparse.Namespace, client: Client, out: Output) -> int:
     resp = await client.list_migrations(all=args.all)
     if out.json:
@@ -122,7 +149,7 @@ async def list_(args: argparse.Namespace, client: Client, out: Output) -> int:
         return 0
     if not resp.migrations:
         out.console.print("No migrations." if args.all else
-                          "No unfinished migrations (--all shows completed and aborted ones).")
+                          "No unfinished migrations (--all shows completed, aborted and rolled-back ones).")
         return 0
     table = Table()
     table.add_column("ID", no_wrap=True, overflow="fold")

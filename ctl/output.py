@@ -37,7 +37,7 @@ EXIT_CODES_HELP = """\
 exit codes:
   0  success
   1  failure: an internal error, or a cutover/verify that did not prove the
-     disks identical, or a watched migration that was aborted
+     disks identical, or a watched migration that was aborted or rolled back
   2  usage error (bad command line)
   3  refused: the daemon refused the request and nothing changed (unknown id,
      invalid argument, already exists, not allowed in the current state)
@@ -159,9 +159,12 @@ _STATE_STYLES = {
     cpb.MIGRATION_STATE_COMPLETED: "bold green",
     cpb.MIGRATION_STATE_FAILED: "bold red",
     cpb.MIGRATION_STATE_ABORTED: "dim",
+    cpb.MIGRATION_STATE_ROLLED_BACK: "bold magenta",
 }
 
-FINAL_STATES = frozenset({cpb.MIGRATION_STATE_COMPLETED, cpb.MIGRATION_STATE_ABORTED})
+# Nothing more happens to a migration (or a VM) in these states.
+FINAL_STATES = frozenset({cpb.MIGRATION_STATE_COMPLETED, cpb.MIGRATION_STATE_ABORTED,
+                          cpb.MIGRATION_STATE_ROLLED_BACK})
 
 
 def state_text(state: int) -> Text:

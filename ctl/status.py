@@ -3,7 +3,8 @@
 Without ``--watch`` it prints one table: each migration, its VMs and their
 vdisks with copy progress, live bytes, backlog, bandwidth, ETA and lag.
 With ``--watch`` it follows the daemon's Watch stream until the watched
-migration is completed or aborted (or Ctrl-C), in one of three forms:
+migration is completed, aborted or rolled back (or Ctrl-C), in one of three
+forms:
 
 * on a terminal, the same table redrawn live with progress bars, and a line
   above it for every state change, cutover step and error;
@@ -14,7 +15,8 @@ migration is completed or aborted (or Ctrl-C), in one of three forms:
 
 A watch survives a daemon restart: it reconnects for up to a minute.
 
-A watched migration that ends aborted makes the command fail (exit 1).
+A watched migration that ends aborted or rolled back makes the command fail
+(exit 1): its VMs did not move.
 """
 
 from __future__ import annotations
@@ -67,11 +69,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("status", parents=[common], help="progress of migrations (once, or live with --watch)",
                        description="Migrations, their VMs and vdisks: copy progress, live (foreground) bytes,\n"
                                    "backlog, bandwidth, ETA, lag and state.\n\n"
-                                   "With --watch, follow them live until the migration is completed or aborted\n"
-                                   "(exit 1 if aborted), or Ctrl-C (exit 0). When stdout is not a terminal, print\n"
-                                   "one line per state change, cutover step or error and a progress line per VM\n"
-                                   "at most every 2 s; with --json, one JSON object per event. A watch survives a\n"
-                                   "daemon restart (it reconnects for up to 60 s).",
+                                   "With --watch, follow them live until the migration is completed, aborted or\n"
+                                   "rolled back (exit 1 if aborted or rolled back), or Ctrl-C (exit 0). When stdout\n"
+                                   "is not a terminal, print one line per state change, cutover step or error and a\n"
+                                   "progress line per VM at most every 2 s; with --json, one JSON object per event.\n"
+                                   "A watch survives a daemon restart (it reconnects for up to 60 s).",
                        epilog="examples:\n  liftshift status\n  liftshift status m-1a2b --watch\n"
                               "  liftshift status m-1a2b --watch --json | jq .kind",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,7 +153,7 @@ async def follow(client: Client, mid: str, interval_ms: int,
     A daemon restart resumes every migration, so a watch outlives one: for
     up to ``RECONNECT_FOR`` seconds it retries (with backoff), then gives up
     with the last error.  With an id it ends after the event that shows the
-    migration completed or aborted (the caller stops there).
+    migration completed, aborted or rolled back (the caller stops there).
     """
     lost_since: float | None = None
     last: Unavailable | None = None
@@ -184,7 +186,7 @@ async def follow(client: Client, mid: str, interval_ms: int,
 
 
 def finished_event(m: cpb.Migration) -> cpb.MigrationEvent:
-    """A state-changed event for a migration found already completed or aborted."""
+    """A state-changed event for a migration found already in a final state."""
     return cpb.MigrationEvent(time=time.time(), migration_id=m.id, kind=cpb.EVENT_KIND_STATE_CHANGED,
                               state=m.state, message=f"already {state_label(m.state)}", migration=m)
 
@@ -194,8 +196,12 @@ def _ended(ev: cpb.MigrationEvent, mid: str) -> bool:
 
 
 def _ending(out: Output, m: cpb.Migration) -> int:
+    """Exit code of a watch that saw ``m`` end: 1 unless its VMs moved."""
     if m.state == cpb.MIGRATION_STATE_ABORTED:
         out.fail("Aborted", f"migration {m.id} was aborted", None)
+        return EXIT_FAILED
+    if m.state == cpb.MIGRATION_STATE_ROLLED_BACK:
+        out.fail("RolledBack", f"migration {m.id} was rolled back: its source VMs run again", None)
         return EXIT_FAILED
     return 0
 

@@ -20,7 +20,7 @@ from liftshift.v1 import control_pb2 as cpb
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .lifecycle import FINAL
 from .migrations import Migrations
-from .platform import Platform, Power
+from .platform import Platform, Power, VmInfo
 from .vdisk import VdiskReplicator
 
 _STATES = {"copying": cpb.REPLICATION_STATE_COPYING, "converged": cpb.REPLICATION_STATE_CONVERGED,
@@ -117,17 +117,40 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         return await verify(self._get(request.vdisk_id), request.max_rounds or 3)
 
     async def ListVms(self, request: cpb.ListVmsRequest, context: grpc.aio.ServicerContext) -> cpb.ListVmsResponse:
-        mig = self._m()
+        self._m()  # refused when this daemon runs no platform
         assert self.platform is not None
         out = cpb.ListVmsResponse()
         for info in await self.platform.inventory():
-            m = mig.migration_of(info.name)
-            vm = out.vms.add(name=info.name, platform=info.platform, power_state=_POWER[info.power],
-                             migration_id=m.id if m else "")
-            for d in info.disks:
-                vm.disks.add(name=d.name, size_bytes=d.size, allocated_bytes=d.allocated,
-                             capture_attached=d.capture_attached, image=str(d.image))
+            out.vms.append(self._vm_pb(info))
         return out
+
+    def _vm_pb(self, info: VmInfo) -> cpb.Vm:
+        m = self._m().migration_of(info.name)
+        vm = cpb.Vm(name=info.name, platform=info.platform, power_state=_POWER[info.power],
+                    migration_id=m.id if m else "", host=info.host, guest_os=info.guest_os, num_cpu=info.num_cpu,
+                    memory_mb=info.memory_mb, firmware=info.firmware,
+                    nics=[cpb.VmNic(label=n.label, kind=n.kind, network=n.network) for n in info.nics])
+        for d in info.disks:
+            vm.disks.add(name=d.name, size_bytes=d.size, allocated_bytes=d.allocated,
+                         capture_attached=d.capture_attached, image=str(d.image), capture_policy=d.capture_policy,
+                         backing_file=d.backing_file, datastore=d.datastore, controller=d.controller)
+        return vm
+
+    async def AttachFilter(self, request: cpb.AttachFilterRequest, context: grpc.aio.ServicerContext) -> cpb.Vm:
+        attach = getattr(self.platform, "attach_filter", None)
+        if attach is None:
+            name = self.platform.name if self.platform is not None else "none"
+            raise FailedPrecondition(f"platform {name} has no IO filter policy to attach",
+                                     hint="attach-filter is for the vsphere platform; sim VMs are captured "
+                                          "when a migration starts")
+        if not request.vm:
+            raise InvalidArgument("say which VM")
+        return self._vm_pb(await attach(request.vm))
+
+    async def RollbackMigration(self, request: cpb.RollbackRequest,
+                                context: grpc.aio.ServicerContext) -> cpb.Migration:
+        mig = self._m()
+        return mig.describe(await mig.rollback(request.migration_id, request.vm))
 
     async def CreateMigration(self, request: cpb.CreateMigrationRequest,
                               context: grpc.aio.ServicerContext) -> cpb.Migration:

@@ -11,7 +11,8 @@ or force it").  No other module assigns a state.
     created ──start──▶ syncing ──converged──▶ converged ──cutover──▶ cutting-over ──completed──▶ completed
                         │  ▲                      │                      │
                         │  └──────diverged────────┘                      └──failed──▶ failed ──retry──▶ syncing
-                 pause/resume (paused)    abort from any non-final state ──▶ aborted
+                 pause/resume (paused)    abort from any non-final state ──▶ aborted    │
+                                                                                        └──rollback──▶ rolled-back
 
 A forced cutover goes from syncing straight to cutting-over.
 """
@@ -34,6 +35,7 @@ class State(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     ABORTED = "aborted"
+    ROLLED_BACK = "rolled-back"
 
 
 class Event(StrEnum):
@@ -50,6 +52,7 @@ class Event(StrEnum):
     FAILED = "failed"
     RETRY = "retry"
     ABORT = "abort"
+    ROLLBACK = "rollback"
 
 
 S, E = State, Event
@@ -69,10 +72,11 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.CUTTING_OVER, E.FAILED): S.FAILED,
     (S.SYNCING, E.FAILED): S.FAILED,
     (S.FAILED, E.RETRY): S.SYNCING,
+    (S.FAILED, E.ROLLBACK): S.ROLLED_BACK,
     **{(s, E.ABORT): S.ABORTED for s in (S.CREATED, S.SYNCING, S.CONVERGED, S.PAUSED, S.FAILED)},
 }
 
-FINAL = frozenset({S.COMPLETED, S.ABORTED})
+FINAL = frozenset({S.COMPLETED, S.ABORTED, S.ROLLED_BACK})
 
 # What to tell a person who asked for something the state does not allow.
 _HINTS: dict[Event, str] = {
@@ -82,6 +86,7 @@ _HINTS: dict[Event, str] = {
     E.PAUSE: "only a syncing or converged migration can be paused",
     E.ABORT: "a completed or aborted migration cannot be aborted; a cutting-over one must finish or fail first",
     E.RETRY: "only a failed migration can be retried",
+    E.ROLLBACK: "only a VM whose cutover failed can be rolled back (abort stops a migration before cutover)",
 }
 
 
@@ -110,7 +115,8 @@ def allowed(state: State) -> list[Event]:
 # How a group's state reads when its VMs differ: the first state on this list
 # that any VM is in (a failure or a cutover in progress is what a person
 # needs to see first; "completed" only when every VM is).
-_SUMMARY_ORDER = (S.FAILED, S.CUTTING_OVER, S.PAUSED, S.CREATED, S.SYNCING, S.CONVERGED, S.COMPLETED, S.ABORTED)
+_SUMMARY_ORDER = (S.FAILED, S.CUTTING_OVER, S.PAUSED, S.CREATED, S.SYNCING, S.CONVERGED, S.COMPLETED,
+                  S.ROLLED_BACK, S.ABORTED)
 
 
 def summarize(states: list[State]) -> State:

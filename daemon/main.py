@@ -14,6 +14,7 @@ from . import config, service
 from .control import ControlServicer
 from .errors import LiftshiftError
 from .migrations import Migrations
+from .platform import Platform
 from .settings import DaemonConfig
 from .sim import SimPlatform
 from .state import StateStore
@@ -22,19 +23,29 @@ from .vdisk import VdiskReplicator
 log = logging.getLogger("liftshift.daemon")
 
 
+def make_platform(cfg: DaemonConfig) -> Platform:
+    """The platform adapter the configuration names (pyvmomi is imported only for vsphere)."""
+    if cfg.platform == "vsphere":
+        from .vsphere_platform import VspherePlatform
+
+        return VspherePlatform(cfg.vsphere, cfg.max_message)
+    return SimPlatform(cfg.sim, cfg.sim.dir or cfg.state_dir / "sim", cfg.max_message)
+
+
 async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | None = None) -> None:
     """Run the daemon until SIGTERM."""
     store = StateStore(cfg.state_dir / "daemon.db")
     replicators: dict[str, VdiskReplicator] = {}
     server = service.make_server(cfg.max_message)
 
-    platform = SimPlatform(cfg.sim, cfg.sim.dir or cfg.state_dir / "sim", cfg.max_message)
+    platform = make_platform(cfg)
     migrations = Migrations(cfg, store, platform, replicators)
 
     async def start():  # type: ignore[no-untyped-def]
         for spec in cfg.replicate:
             replicators[spec.vdisk_id] = VdiskReplicator(spec, cfg, store)
-        await platform.power_on_all()
+        if isinstance(platform, SimPlatform):
+            await platform.power_on_all()
         control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(replicators, platform, migrations), server)
         names = [control_pb2.DESCRIPTOR.services_by_name["Control"].full_name]
         hs = service.add_health_and_reflection(server, names)
@@ -50,8 +61,10 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
             tmp = port_file.with_name(f".{port_file.name}.tmp")
             tmp.write_text(f"{port}\n")
             tmp.replace(port_file)  # a reader never sees half a number
-        log.info("liftshift-daemon listening on %s (port %d), platform %s with %d VM(s), %d migration(s)",
-                 cfg.listen, port, platform.name, len(platform.vms), len(migrations.recs))
+        where = (f"with {len(platform.vms)} VM(s)" if isinstance(platform, SimPlatform)
+                 else f"source {cfg.vsphere.source.url}, destination {cfg.vsphere.destination.url}")
+        log.info("liftshift-daemon listening on %s (port %d), platform %s %s, %d migration(s)",
+                 cfg.listen, port, platform.name, where, len(migrations.recs))
 
         async def stop() -> None:
             await server.stop(5)

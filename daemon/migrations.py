@@ -50,12 +50,21 @@ log = logging.getLogger("liftshift.daemon.migrations")
 
 # Verification granularity: a 4 KiB guest write re-opens this much for hashing.
 VERIFY_CHUNK = 256 << 10
+_NOT_ID = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _id_part(name: str) -> str:
+    """A VM or disk name as part of a vdisk id (vCenter names may hold spaces and dots)."""
+    return _NOT_ID.sub("_", name)[:48] or "_"
+
+
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
 _DIVERGE_FACTOR = 4  # a converged VM falls back to syncing when its backlog exceeds this x the threshold
 _STATE_PB = {State.CREATED: cpb.MIGRATION_STATE_CREATED, State.SYNCING: cpb.MIGRATION_STATE_SYNCING,
              State.CONVERGED: cpb.MIGRATION_STATE_CONVERGED, State.PAUSED: cpb.MIGRATION_STATE_PAUSED,
              State.CUTTING_OVER: cpb.MIGRATION_STATE_CUTTING_OVER, State.COMPLETED: cpb.MIGRATION_STATE_COMPLETED,
-             State.FAILED: cpb.MIGRATION_STATE_FAILED, State.ABORTED: cpb.MIGRATION_STATE_ABORTED}
+             State.FAILED: cpb.MIGRATION_STATE_FAILED, State.ABORTED: cpb.MIGRATION_STATE_ABORTED,
+             State.ROLLED_BACK: cpb.MIGRATION_STATE_ROLLED_BACK}
 _REPL_PB = {"copying": cpb.REPLICATION_STATE_COPYING, "converged": cpb.REPLICATION_STATE_CONVERGED,
             "closed": cpb.REPLICATION_STATE_CLOSED}
 
@@ -220,6 +229,8 @@ class Migrations:
         async with self._lock:
             infos = [await self.platform.vm(n) for n in names]  # NotFound for an unknown VM
             for n in names:
+                await self.platform.preflight(n)  # e.g. vsphere: a disk without the capture policy
+            for n in names:
                 other = self.migration_of(n)
                 if other is not None:
                     raise FailedPrecondition(f"VM {n!r} is already in migration {other.id} ({other.state})",
@@ -234,7 +245,7 @@ class Migrations:
                              threshold=req.converge_threshold_bytes or self.cfg.converge_threshold,
                              throttle=req.throttle_bytes_per_s, created=now, updated=now)
             for info in infos:
-                disks = [VdiskRec(name=d.name, vdisk_id=f"{mid}.{info.name}.{d.name}", size=d.size,
+                disks = [VdiskRec(name=d.name, vdisk_id=f"{mid}.{_id_part(info.name)}.{_id_part(d.name)}", size=d.size,
                                   image=str(d.image), ring=str(d.ring)) for d in info.disks]
                 m.vms.append(VmRec(vm=info.name, state=State.CREATED, disks=disks))
             self.recs[mid] = m
@@ -317,6 +328,34 @@ class Migrations:
                 self._emit(m, v, cpb.EVENT_KIND_STATE_CHANGED, "aborted; the source VM keeps running")
             m.auto_cutover = False
             self._save(m)
+            return m
+
+    async def rollback(self, mid: str, vm: str = "") -> MigrationRec:
+        """After a failed cutover: remove each destination VM (shadow vdisks kept) and
+        power its source VM on again.  A VM whose rollback fails stays failed (retry it)."""
+        async with self._lock:
+            m = self.get(mid)
+            todo = [self._vm(m, vm)] if vm else [v for v in m.vms if v.state is State.FAILED]
+            if not todo:
+                raise IllegalTransition(m.state, Event.ROLLBACK)
+            for v in todo:
+                transition(v.state, Event.ROLLBACK)  # every VM is checked before anything changes
+            try:
+                for v in todo:
+                    await self._stop_vm(v, lift_throttle=True)
+                    self._emit(m, v, cpb.EVENT_KIND_CUTOVER_STEP, "rollback: removing the destination VM")
+                    removed = await self.platform.remove_destination(v.vm, m.destination, m.id)
+                    self._emit(m, v, cpb.EVENT_KIND_CUTOVER_STEP, "rollback: powering the source VM on")
+                    await self.platform.start_source(v.vm)
+                    v.state = transition(v.state, Event.ROLLBACK)
+                    v.error = ""
+                    what = "destination VM removed" if removed else "no destination VM was defined"
+                    self._emit(m, v, cpb.EVENT_KIND_STATE_CHANGED,
+                               f"rolled back: {what} (shadow vdisks kept), source VM running")
+                    log.info("migration %s: VM %s rolled back (%s)", m.id, v.vm, what)
+            finally:
+                m.auto_cutover = False
+                self._save(m)
             return m
 
     def _plan(self, m: MigrationRec, event: Event) -> list[VmRec]:
@@ -649,7 +688,7 @@ class Migrations:
                 bw += p.bandwidth_bytes_per_s
                 vm_eta = -1.0 if p.eta_seconds < 0 or vm_eta < 0 else max(vm_eta, p.eta_seconds)
             vm.backlog_bytes = backlog
-            vm.eta_seconds = vm_eta if v.state not in (State.COMPLETED, State.ABORTED) else 0.0
+            vm.eta_seconds = vm_eta if v.state not in FINAL else 0.0
             if v.report:
                 vm.cutover.CopyFrom(_report_msg(v.vm, v.report))
             if v.state not in FINAL:

@@ -18,7 +18,11 @@ Promises an adapter keeps (the suite checks them):
   every ring ends with its CLOSE record; calling it again is harmless.  The
   source VM and its disks are left as they are (rollback).
 * The destination VM can only be powered on once its shadow disks hold the
-  source's CLOSE barrier (the sink enforces it).
+  source's CLOSE barrier (the sink enforces it; the vsphere adapter asks the
+  sink before it asks vCenter).
+* Rollback: :meth:`Platform.remove_destination` removes the destination VM
+  but keeps the shadow vdisks, and :meth:`Platform.start_source` powers the
+  source VM on again; both are harmless when repeated.
 """
 
 from __future__ import annotations
@@ -47,6 +51,19 @@ class Disk:
     image: Path
     ring: Path | None  # where its writes are captured, once attached
     capture_attached: bool
+    capture_policy: str = ""  # vsphere: the capture storage policy on the disk ("" if none)
+    backing_file: str = ""  # where the platform keeps it (vsphere: "[datastore] dir/name.vmdk")
+    datastore: str = ""
+    controller: str = ""  # e.g. "SCSI controller 0 (pvscsi) 0:1"
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A network adapter of a source VM."""
+
+    label: str
+    kind: str
+    network: str
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,13 @@ class VmInfo:
     platform: str
     power: Power
     disks: tuple[Disk, ...]
+    # What the platform knows besides (empty when it does not say).
+    host: str = ""
+    guest_os: str = ""
+    num_cpu: int = 0
+    memory_mb: int = 0
+    firmware: str = ""
+    nics: tuple[Nic, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,11 @@ class Platform(abc.ABC):
     async def vm(self, name: str) -> VmInfo:
         """One VM; raises :class:`~liftshift.daemon.errors.NotFound`."""
 
+    async def preflight(self, name: str) -> None:
+        """Raise a typed error if VM ``name`` cannot be migrated (checked before a
+        migration is recorded); nothing by default."""
+        await self.vm(name)
+
     @abc.abstractmethod
     async def attach_capture(self, name: str) -> VmInfo:
         """Capture every guest write of the VM's disks into their rings."""
@@ -93,6 +122,10 @@ class Platform(abc.ABC):
         """Stop the source VM; every ring then ends with CLOSE."""
 
     @abc.abstractmethod
+    async def start_source(self, name: str) -> None:
+        """Power the source VM on again (rollback); harmless when it runs."""
+
+    @abc.abstractmethod
     async def create_destination(self, name: str, destination: str, migration_id: str,
                                  disks: list[ShadowDisk]) -> None:
         """Define the VM at the destination on its shadow disks (idempotent)."""
@@ -104,6 +137,10 @@ class Platform(abc.ABC):
     @abc.abstractmethod
     async def destination_power(self, name: str, destination: str) -> Power:
         """The destination VM's power state."""
+
+    @abc.abstractmethod
+    async def remove_destination(self, name: str, destination: str, migration_id: str) -> bool:
+        """Remove the destination VM (rollback), keeping the shadow vdisks; False if there was none."""
 
     @abc.abstractmethod
     async def close(self) -> None:

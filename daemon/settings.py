@@ -9,7 +9,9 @@ of the built-in ``sim`` platform.
 
 from __future__ import annotations
 
+import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +117,131 @@ class SimConfig:
 
 
 @dataclass
+class VsphereSide:
+    """How to reach one vCenter and where things go there (``[vsphere.source]``
+    / ``[vsphere.destination]``)."""
+
+    url: str = doc("", help="vCenter URL, https://host[:port] (port 443 by default; a /sdk path is accepted).")
+    user: str = doc("", help="vCenter user, e.g. liftshift@vsphere.local.")
+    password: str = doc("", help="Password in clear (prefer password_env or password_file). "
+                                 "Exactly one of password, password_env, password_file.")
+    password_env: str = doc("", help="Name of an environment variable holding the password.")
+    password_file: Path | None = doc(None, help="File whose first line is the password (mode 0600 advised).")
+    ca_file: Path | None = doc(None, help="PEM bundle of CAs trusted for the vCenter certificate "
+                                          "(default: the system's CAs).")
+    insecure: bool = doc(False, help="Do not verify the vCenter certificate at all (logged as a warning; "
+                                     "tests and labs only).")
+    datacenter: str = doc("", help="Datacenter name (empty: the only one); on the destination, where shadow VMs go.")
+    cluster: str = doc("", help="(destination) Cluster whose root resource pool receives shadow VMs.")
+    resource_pool: str = doc("", help="(destination) Resource pool, inventory path under the datacenter's host "
+                                      "folder (e.g. \"DC0_C0/Resources/pool1\"); instead of cluster.")
+    folder: str = doc("", help="(destination) VM folder, path under the datacenter's VM folder (empty: its root).")
+    datastore: str = doc("", help="(destination) Datastore holding the shadow vdisks (empty: the only one).")
+    shadow_dir: str = doc("liftshift", help="(destination) Directory on the datastore where the sink writes "
+                                            "shadow vdisks ([datastore] <shadow_dir>/<vdisk id>.vmdk).")
+    network_map: dict[str, str] = doc(default_factory=dict,
+                                      help="(destination) Source network name -> destination network name "
+                                           "(unmapped networks keep their name).")
+    task_timeout_s: float = doc(600.0, help="Longest wait for one vSphere task (create, reconfigure, power).")
+    guest_shutdown_timeout_s: float = doc(300.0, help="Longest wait for a guest shutdown before powering off.")
+    request_timeout_s: float = doc(120.0, help="HTTP timeout of one vSphere API request.")
+
+    def validate(self, prefix: str = "vsphere.") -> None:
+        """Raise ConfigError naming the first bad key (``prefix`` + key).
+
+        Not ``check``: the loader would call that for an empty side too, and
+        only the platform in use needs its sides complete."""
+        if not self.url:
+            raise ConfigError(f"key '{prefix}url' is required (https://host[:port])")
+        u = urllib.parse.urlsplit(self.url)
+        if u.scheme != "https" or not u.hostname:
+            raise ConfigError(f"key '{prefix}url': {self.url!r} is not https://host[:port]")
+        try:
+            u.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ConfigError(f"key '{prefix}url': {self.url!r} has an invalid port") from None
+        if not self.user:
+            raise ConfigError(f"key '{prefix}user' is required")
+        given = [k for k in ("password", "password_env", "password_file") if getattr(self, k)]
+        if len(given) != 1:
+            raise ConfigError(f"key '{prefix}password': set exactly one of password, password_env, "
+                              f"password_file (got {', '.join(given) or 'none'})")
+        if self.resource_pool and self.cluster:
+            raise ConfigError(f"key '{prefix}resource_pool': set cluster or resource_pool, not both")
+        if self.insecure and self.ca_file:
+            raise ConfigError(f"key '{prefix}insecure': insecure skips verification, ca_file would be ignored")
+        if not isinstance(self.network_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and k and v for k, v in self.network_map.items()):
+            raise ConfigError(f"key '{prefix}network_map': expected a table of source network = "
+                              "\"destination network\" strings")
+        if not self.shadow_dir or self.shadow_dir.startswith("/") or ".." in self.shadow_dir.split("/"):
+            raise ConfigError(f"key '{prefix}shadow_dir': {self.shadow_dir!r} must be a relative datastore path")
+        for key in ("task_timeout_s", "guest_shutdown_timeout_s", "request_timeout_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"key '{prefix}{key}' must be positive")
+
+    def host_port(self) -> tuple[str, int]:
+        u = urllib.parse.urlsplit(self.url)
+        return u.hostname or "", u.port or 443
+
+    def resolve_password(self) -> str:
+        """The password from wherever the configuration says; ConfigError if unavailable."""
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"key 'vsphere.password_env': environment variable {self.password_env} is not set")
+            return value
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().splitlines()[0] if self.password_file.stat().st_size else ""
+            except OSError as e:
+                raise ConfigError(f"key 'vsphere.password_file': cannot read {self.password_file}: "
+                                  f"{e.strerror or e}") from None
+        return self.password
+
+
+@dataclass
+class VsphereConfig:
+    """The `vsphere` platform: VMs of a source vCenter, migrated to a destination vCenter."""
+
+    source: VsphereSide = doc(default_factory=VsphereSide, help="The source vCenter ([vsphere.source]).")
+    destination: VsphereSide = doc(default_factory=VsphereSide,
+                                   help="The destination vCenter ([vsphere.destination]): placement keys, "
+                                        "network_map and shadow_dir apply here.")
+    datastores: dict[str, str] = doc(default_factory=dict,
+                                     help="Source datastore name -> directory where this daemon reads it "
+                                          "(e.g. LocalDS_0 = \"/vmfs/volumes/LocalDS_0\" on the host, or an "
+                                          "NFS mount); the background copy reads each disk's flat file there.")
+    ring_dir: Path = doc(Path("/dev/shm/liftshift"),
+                         help="Where capture rings are created: <ring_dir>/<VM instance UUID>/<device>.ring "
+                              "(device like scsi0-1), the path the liftshift IO filter on the host maps.")
+    ring_capacity: int = doc(64 << 20, size=True, help="Ring data capacity per disk (a power of two).")
+    policy: str = doc("liftshift-capture", help="Name of the storage policy that puts the liftshift IO "
+                                                "filter on a disk (created by `liftshift vsphere attach-filter` "
+                                                "when missing).")
+    capture_wait_s: float = doc(30.0, help="How long attaching capture waits for the IO filter to announce "
+                                           "itself in a new ring.")
+    close_wait_s: float = doc(60.0, help="How long stopping the source waits, after power-off, for the IO "
+                                         "filter to end every ring with CLOSE.")
+
+    def check(self) -> None:
+        self.source.validate("vsphere.source.")
+        self.destination.validate("vsphere.destination.")
+        if not isinstance(self.datastores, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and k and v.startswith("/")
+                for k, v in self.datastores.items()):
+            raise ConfigError("key 'vsphere.datastores': expected a table of datastore name = "
+                              "\"/absolute/directory\" strings")
+        if self.ring_capacity <= 0 or self.ring_capacity & (self.ring_capacity - 1):
+            raise ConfigError(f"key 'vsphere.ring_capacity': {self.ring_capacity} is not a power of two")
+        if not self.policy:
+            raise ConfigError("key 'vsphere.policy' must not be empty")
+        for key in ("capture_wait_s", "close_wait_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"key 'vsphere.{key}' must be positive")
+
+
+@dataclass
 class DaemonConfig:
     """Source daemon settings."""
 
@@ -129,8 +256,10 @@ class DaemonConfig:
     harvest_interval_ms: int = doc(100, help="How often overflow dirty bitmaps are harvested.")
     reconnect_max_s: float = doc(5.0, help="Longest wait between reconnect attempts to a sink.")
     log_level: str = doc("INFO", help="Logging level (DEBUG, INFO, WARNING, ERROR).")
-    platform: str = doc("sim", help="Where VMs come from: `sim` (built-in workload VMs).")
+    platform: str = doc("sim", help="Where VMs come from: `sim` (built-in workload VMs) or `vsphere` "
+                                    "(a source vCenter, see [vsphere]).")
     sim: SimConfig = doc(default_factory=SimConfig, help="The sim platform ([sim] table).")
+    vsphere: VsphereConfig = doc(default_factory=VsphereConfig, help="The vsphere platform ([vsphere] table).")
     converge_threshold: int = doc(64 << 20, size=True,
                                   help="Default for new migrations: a VM has converged when its background copy "
                                        "is done and at most this many bytes wait to be shipped.")
@@ -155,8 +284,10 @@ class DaemonConfig:
             raise ConfigError(f"key 'read_ahead': {self.read_ahead} must be at least 1")
         if self.max_inflight < self.chunk_size:
             raise ConfigError(f"key 'max_inflight': {self.max_inflight} must be at least chunk_size")
-        if self.platform != "sim":
-            raise ConfigError(f"key 'platform': {self.platform!r} is not a known platform (known: sim)")
+        if self.platform not in ("sim", "vsphere"):
+            raise ConfigError(f"key 'platform': {self.platform!r} is not a known platform (known: sim, vsphere)")
+        if self.platform == "vsphere":
+            self.vsphere.check()
         if self.progress_interval_ms < 10:
             raise ConfigError(f"key 'progress_interval_ms': {self.progress_interval_ms} must be at least 10")
         ids = [r.vdisk_id for r in self.replicate]

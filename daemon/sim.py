@@ -98,7 +98,7 @@ class DestinationClient:
             ch = self._channels[address] = grpc.aio.insecure_channel(address, options=grpc_options(self._max))
         return destination_pb2_grpc.DestinationStub(ch)
 
-    async def call(self, address: str, method: str, request: Any, timeout: float = 30) -> dpb.DestinationVm:
+    async def call(self, address: str, method: str, request: Any, timeout: float = 30) -> Any:
         try:
             return await getattr(self._stub(address), method)(request, timeout=timeout)  # type: ignore[no-any-return]
         except grpc.RpcError as e:
@@ -295,6 +295,17 @@ class SimPlatform(Platform):
             return Power.NOT_CREATED
         return {common_pb2.POWER_STATE_POWERED_ON: Power.ON,
                 common_pb2.POWER_STATE_POWERED_OFF: Power.OFF}.get(got.power_state, Power.NOT_CREATED)
+
+    async def start_source(self, name: str) -> None:
+        await self.power_on(name)
+
+    async def remove_destination(self, name: str, destination: str, migration_id: str) -> bool:
+        try:
+            await self.destinations.call(destination, "RemoveVm",
+                                         dpb.RemoveVmRequest(vm=name, migration_id=migration_id))
+        except NotFound:
+            return False
+        return True
 
     async def power_off_all(self) -> None:
         """Stop every running sim VM (``stop_vms_on_exit``); rings get their CLOSE."""

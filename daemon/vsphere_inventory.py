@@ -99,6 +99,7 @@ class VsphereVm:
     nics: tuple[VsphereNic, ...]
     disks: tuple[VsphereDisk, ...]
     migration_id: str | None  # the liftshift.migration_id tag (shadow VMs)
+    instance_uuid: str = ""  # config.instanceUuid: names the VM's capture rings
 
     def disk(self, key_or_label: int | str) -> VsphereDisk:
         for d in self.disks:
@@ -152,7 +153,7 @@ def collect(si: Any, kind: type, paths: list[str], root: Any = None,
 
 _VM_PATHS = ["name", "runtime.powerState", "runtime.host", "config.guestId", "config.guestFullName",
              "config.hardware.numCPU", "config.hardware.memoryMB", "config.firmware", "config.hardware.device",
-             "config.extraConfig"]
+             "config.extraConfig", "config.instanceUuid"]
 
 
 @dataclass
@@ -236,7 +237,8 @@ def vm_of(obj: Any, props: dict[str, Any], known: Names) -> VsphereVm:
         nics=tuple(_nic_of(d, known) for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)),
         disks=tuple(disk_of(d, controllers, known, markers) for d in devices
                     if isinstance(d, vim.vm.device.VirtualDisk)),
-        migration_id=str(extra[MIGRATION_TAG]) if extra.get(MIGRATION_TAG) else None)
+        migration_id=str(extra[MIGRATION_TAG]) if extra.get(MIGRATION_TAG) else None,
+        instance_uuid=props.get("config.instanceUuid") or obj._moId)
 
 
 def inventory(si: Any) -> list[VsphereVm]:

@@ -31,23 +31,17 @@ from __future__ import annotations
 import asyncio
 import http.client
 import logging
-import os
 import ssl
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import SoapStubAdapter, VmomiSupport, pbm, vim, vmodl
 
-from .config import doc
 from .errors import (
     AlreadyExists,
-    ConfigError,
     FailedPrecondition,
     InvalidArgument,
     LiftshiftError,
@@ -56,90 +50,11 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
+from .settings import VsphereSide
 
 log = logging.getLogger("liftshift.daemon.vsphere")
 
 T = TypeVar("T")
-
-
-@dataclass
-class VsphereSide:
-    """How to reach one vCenter and where things go there (``[vsphere.source]``
-    / ``[vsphere.destination]``)."""
-
-    url: str = doc("", help="vCenter URL, https://host[:port] (port 443 by default; a /sdk path is accepted).")
-    user: str = doc("", help="vCenter user, e.g. liftshift@vsphere.local.")
-    password: str = doc("", help="Password in clear (prefer password_env or password_file). "
-                                 "Exactly one of password, password_env, password_file.")
-    password_env: str = doc("", help="Name of an environment variable holding the password.")
-    password_file: Path | None = doc(None, help="File whose first line is the password (mode 0600 advised).")
-    ca_file: Path | None = doc(None, help="PEM bundle of CAs trusted for the vCenter certificate "
-                                          "(default: the system's CAs).")
-    insecure: bool = doc(False, help="Do not verify the vCenter certificate at all (logged as a warning; "
-                                     "tests and labs only).")
-    datacenter: str = doc("", help="Datacenter name (empty: the only one).")
-    cluster: str = doc("", help="Destination cluster whose root resource pool receives shadow VMs.")
-    resource_pool: str = doc("", help="Destination resource pool, inventory path under the datacenter's host "
-                                      "folder (e.g. \"DC0_C0/Resources/pool1\"); instead of cluster.")
-    folder: str = doc("", help="Destination VM folder, path under the datacenter's VM folder (empty: its root).")
-    datastore: str = doc("", help="Destination datastore holding the shadow vdisks (empty: the only one).")
-    shadow_dir: str = doc("liftshift", help="Directory on the destination datastore where the sink writes "
-                                            "shadow vdisks ([datastore] <shadow_dir>/<vdisk id>.vmdk).")
-    network_map: dict[str, str] = doc(default_factory=dict, help="Source network name -> destination network "
-                                                                 "name (unmapped networks keep their name).")
-    task_timeout_s: float = doc(600.0, help="Longest wait for one vSphere task (create, reconfigure, power).")
-    guest_shutdown_timeout_s: float = doc(300.0, help="Longest wait for a guest shutdown before powering off.")
-    request_timeout_s: float = doc(120.0, help="HTTP timeout of one vSphere API request.")
-
-    def check(self, prefix: str = "vsphere.") -> None:
-        """Raise ConfigError naming the first bad key."""
-        if not self.url:
-            raise ConfigError(f"key '{prefix}url' is required (https://host[:port])")
-        u = urllib.parse.urlsplit(self.url)
-        if u.scheme != "https" or not u.hostname:
-            raise ConfigError(f"key '{prefix}url': {self.url!r} is not https://host[:port]")
-        try:
-            u.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ConfigError(f"key '{prefix}url': {self.url!r} has an invalid port") from None
-        if not self.user:
-            raise ConfigError(f"key '{prefix}user' is required")
-        given = [k for k in ("password", "password_env", "password_file") if getattr(self, k)]
-        if len(given) != 1:
-            raise ConfigError(f"key '{prefix}password': set exactly one of password, password_env, "
-                              f"password_file (got {', '.join(given) or 'none'})")
-        if self.resource_pool and self.cluster:
-            raise ConfigError(f"key '{prefix}resource_pool': set cluster or resource_pool, not both")
-        if self.insecure and self.ca_file:
-            raise ConfigError(f"key '{prefix}insecure': insecure skips verification, ca_file would be ignored")
-        if not isinstance(self.network_map, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and k and v for k, v in self.network_map.items()):
-            raise ConfigError(f"key '{prefix}network_map': expected a table of source network = "
-                              "\"destination network\" strings")
-        if not self.shadow_dir or self.shadow_dir.startswith("/") or ".." in self.shadow_dir.split("/"):
-            raise ConfigError(f"key '{prefix}shadow_dir': {self.shadow_dir!r} must be a relative datastore path")
-        for key in ("task_timeout_s", "guest_shutdown_timeout_s", "request_timeout_s"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"key '{prefix}{key}' must be positive")
-
-    def host_port(self) -> tuple[str, int]:
-        u = urllib.parse.urlsplit(self.url)
-        return u.hostname or "", u.port or 443
-
-    def resolve_password(self) -> str:
-        """The password from wherever the configuration says; ConfigError if unavailable."""
-        if self.password_env:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(f"key 'vsphere.password_env': environment variable {self.password_env} is not set")
-            return value
-        if self.password_file is not None:
-            try:
-                return self.password_file.read_text().splitlines()[0] if self.password_file.stat().st_size else ""
-            except OSError as e:
-                raise ConfigError(f"key 'vsphere.password_file': cannot read {self.password_file}: "
-                                  f"{e.strerror or e}") from None
-        return self.password
 
 
 class VsphereFault(LiftshiftError):
@@ -224,7 +139,7 @@ class VsphereSession:
     """One logged-in connection to one vCenter (``name``: "source", "destination")."""
 
     def __init__(self, side: VsphereSide, name: str = "vsphere") -> None:
-        side.check()
+        side.validate()
         self.side = side
         self.name = name
         self.host, self.port = side.host_port()

@@ -97,6 +97,8 @@ class Guest:
             for p, size in zip(self.producers, self.sizes, strict=True):
                 if p.geometry.disk_size != size:
                     raise ValueError(f"ring {p.path} is for a {p.geometry.disk_size}-byte disk, image is {size}")
+            for p in self.producers:
+                p.announce()  # every later write is published (the loop switches between operations)
         self.stats.attached = self.producers is not None
         self.write_status()
 

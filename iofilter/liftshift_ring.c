@@ -47,6 +47,7 @@ struct ls_ring {
     uint64_t chunk_size;
     uint64_t max_record;
     int bell_fd;
+    uint64_t announced;     /* the id this handle stored in `producer`, 0 if none */
 };
 
 /* try_reserve() outcomes besides the LS_E* errors it passes through. */
@@ -297,9 +298,17 @@ void ls_ring_detach(ls_ring *r)
 {
     if (!r)
         return;
+    if (r->announced)
+        __atomic_store_n(&r->hdr->producer, 0, __ATOMIC_RELEASE);
     close(r->bell_fd);
     munmap(r->base, r->map_len);
     free(r);
+}
+
+void ls_ring_announce(ls_ring *r, uint64_t id)
+{
+    r->announced = id;
+    __atomic_store_n(&r->hdr->producer, id, __ATOMIC_RELEASE);
 }
 
 const ls_ring_header *ls_ring_get_header(const ls_ring *r)
@@ -686,7 +695,7 @@ static const struct {
     FIELD(bitmap_bytes),   FIELD(data_offset),      FIELD(reserve),      FIELD(next_seq),
     FIELD(lock),           FIELD(throttle_next_ns), FIELD(commit),       FIELD(release),
     FIELD(writes),         FIELD(bytes),            FIELD(overflows),    FIELD(overflow_bytes),
-    FIELD(throttled_ns),   FIELD(frozen_rejects),   FIELD(closed),       FIELD(throttle_bps),
+    FIELD(throttled_ns),   FIELD(frozen_rejects),   FIELD(closed),       FIELD(producer), FIELD(throttle_bps),
     FIELD(throttle_iops),  FIELD(freeze),           FIELD(overflow_wait_ns), FIELD(dirty_epoch),
     FIELD(consumer_waiting),
 };

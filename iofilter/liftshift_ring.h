@@ -121,6 +121,7 @@ typedef struct ls_ring_header {
     uint64_t throttled_ns;
     uint64_t frozen_rejects;
     uint64_t closed;
+    uint64_t producer;          /* nonzero while a filter announces it publishes every write (its id) */
     /* line 5: control words written by the daemon */
     _Alignas(64) uint64_t throttle_bps;
     uint64_t throttle_iops;
@@ -155,6 +156,7 @@ _Static_assert(offsetof(ls_ring_header, overflow_bytes) == 280, "overflow_bytes"
 _Static_assert(offsetof(ls_ring_header, throttled_ns) == 288, "throttled_ns");
 _Static_assert(offsetof(ls_ring_header, frozen_rejects) == 296, "frozen_rejects");
 _Static_assert(offsetof(ls_ring_header, closed) == 304, "closed");
+_Static_assert(offsetof(ls_ring_header, producer) == 312, "producer");
 _Static_assert(offsetof(ls_ring_header, throttle_bps) == 320, "throttle_bps");
 _Static_assert(offsetof(ls_ring_header, throttle_iops) == 328, "throttle_iops");
 _Static_assert(offsetof(ls_ring_header, freeze) == 336, "freeze");
@@ -196,8 +198,18 @@ typedef struct ls_ring ls_ring;
  */
 int ls_ring_open(const char *path, ls_ring **out);
 
-/* Unmap the ring and close the doorbell without writing anything (NULL is fine). */
+/* Unmap the ring and close the doorbell (NULL is fine); clears `producer`
+ * if this handle announced itself, writes nothing else. */
 void ls_ring_detach(ls_ring *ring);
+
+/*
+ * Announce that every later write of this filter is published into the ring:
+ * store `id` (nonzero, e.g. the VMX process id) in the header's `producer`
+ * word (release).  A filter that attaches on its own (the storage policy put
+ * it on the disk) calls this once it publishes; the daemon waits for it
+ * before it copies anything.
+ */
+void ls_ring_announce(ls_ring *ring, uint64_t id);
 
 /*
  * Admit a guest write / zero / trim of `len` bytes at vdisk `offset`; call

@@ -65,6 +65,7 @@ class RingProducer:
         self._next_seq = self._get("next_seq")
         self._writes = self._get("writes")
         self._bytes = self._get("bytes")
+        self._announced = 0
 
     # -- public API -------------------------------------------------------
 
@@ -140,8 +141,22 @@ class RingProducer:
         """Current producer counters and control words."""
         return self._m.counters()
 
+    def announce(self, ident: int | None = None) -> None:
+        """Say in the header's ``producer`` word that every later write is
+        published here (``ident``: nonzero, default this process's pid).
+
+        A filter that attaches on its own (vSphere: the storage policy put it
+        on the disk) calls this once capture is in effect; the daemon waits
+        for it before copying anything.  :meth:`detach` clears it again.
+        """
+        self._announced = ident or os.getpid()
+        self._set("producer", self._announced)
+
     def detach(self) -> None:
-        """Unmap the ring without writing anything to it."""
+        """Unmap the ring (clearing ``producer`` if this handle announced itself)."""
+        if self._announced:
+            self._set("producer", 0)
+            self._announced = 0
         os.close(self._bell)
         self._m.close()
 

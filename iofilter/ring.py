@@ -76,6 +76,13 @@ published.  ``writes``/``bytes`` count calls (a split or overflowed call
 once), ``overflows``/``overflow_bytes`` count calls that overflowed and the
 bytes that went to the bitmap.
 
+Announcement: a filter that attaches to a disk on its own (a vSphere IO
+filter put there by a storage policy, rather than started by the daemon)
+stores a nonzero id (e.g. its process id) in ``producer`` once every later
+write of the disk is published into the ring, and 0 when it detaches; CLOSE
+leaves it.  The daemon creates the ring and waits for the announcement
+before it copies anything, so nothing written after the copy starts escapes.
+
 Overflow: when reserve finds the ring full the producer retries for at most
 ``overflow_wait_ns`` (a control word) and then, instead of blocking the guest,
 marks the chunks of the write in the *active* dirty bitmap (chunk ``c`` is bit
@@ -156,6 +163,7 @@ HEADER: dict[str, tuple[int, str]] = {
     "throttled_ns": (288, "Q"),
     "frozen_rejects": (296, "Q"),
     "closed": (304, "Q"),
+    "producer": (312, "Q"),
     # line 5: control words written by the daemon
     "throttle_bps": (320, "Q"),
     "throttle_iops": (328, "Q"),
@@ -440,7 +448,7 @@ class Mapped:
     def counters(self) -> dict[str, int]:
         """Producer counters and control words, for status and statistics."""
         names = ("reserve", "commit", "release", "next_seq", "writes", "bytes", "overflows", "overflow_bytes",
-                 "throttled_ns", "frozen_rejects", "closed", "throttle_bps", "throttle_iops", "freeze",
+                 "throttled_ns", "frozen_rejects", "closed", "producer", "throttle_bps", "throttle_iops", "freeze",
                  "overflow_wait_ns", "dirty_epoch", "consumer_waiting")
         return {n: self.get(n) for n in names}
 

@@ -257,6 +257,19 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         log.info("VM %s powered off", rec["vm"])
         return await self._describe(rec)
 
+    async def RemoveVm(self, request: dpb.RemoveVmRequest,
+                       context: grpc.aio.ServicerContext) -> dpb.RemoveVmResponse:
+        """Rollback: stop the VM's guest and forget its definition (the shadow vdisks stay)."""
+        async with self._lock:
+            rec = self._load(request.vm)
+            if request.migration_id and rec["migration_id"] != request.migration_id:
+                raise FailedPrecondition(f"VM {rec['vm']!r} here belongs to migration {rec['migration_id']!r}, "
+                                         f"not {request.migration_id!r}")
+            await stop_guest(int(rec.get("pid", 0)), self.MARKER)
+            self._path(rec["vm"]).unlink(missing_ok=True)
+        log.info("VM %s removed (migration %s); its shadow vdisks are kept", rec["vm"], rec["migration_id"])
+        return dpb.RemoveVmResponse(vm=rec["vm"])
+
     async def GetVm(self, request: dpb.DestinationVmRef, context: grpc.aio.ServicerContext) -> dpb.DestinationVm:
         return await self._describe(self._load(request.vm))
 

@@ -4,8 +4,9 @@ It keeps canned state (VMs, migrations, replications) and applies the real
 migration state machine (``liftshift.daemon.lifecycle``), so refusals carry
 the daemon's own typed errors and hints.  What a test wants to script is a
 plain field: ``watch_script`` (the events a Watch streams), ``cutover_report``
-(the report a VM's cutover produces), ``verify_result``, ``fail`` (an error
-to raise from a method).  Every request is recorded in ``requests``.
+(the report a VM's cutover produces), ``verify_result``, ``policy_id`` (what
+AttachFilter puts on a vsphere VM's disks), ``fail`` (an error to raise from
+a method).  Every request is recorded in ``requests``.
 
 It is served with the daemon's ``make_server`` (the real error interceptor)
 on 127.0.0.1, port 0, in the test's event loop (:func:`serve`).
@@ -21,8 +22,8 @@ from typing import Any
 
 import grpc
 
-from liftshift.daemon.errors import AlreadyExists, InvalidArgument, LiftshiftError, NotFound
-from liftshift.daemon.lifecycle import FINAL, Event, State, allowed, transition
+from liftshift.daemon.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LiftshiftError, NotFound
+from liftshift.daemon.lifecycle import FINAL, Event, IllegalTransition, State, allowed, summarize, transition
 from liftshift.daemon.service import make_server
 from liftshift.v1 import common_pb2, control_pb2_grpc
 from liftshift.v1 import control_pb2 as cpb
@@ -41,7 +42,9 @@ def lifecycle_state(v: int) -> State:
 
 # What an operator can ask for (lifecycle.allowed also lists the daemon's own events).
 OPERATOR_EVENTS = {Event.START, Event.PAUSE, Event.RESUME, Event.CUTOVER, Event.FORCE_CUTOVER, Event.RETRY,
-                   Event.ABORT}
+                   Event.ABORT, Event.ROLLBACK}
+# A VM in one of these states stays there whatever happens to its migration.
+VM_FINAL = {proto_state(s) for s in FINAL}
 
 
 def operator_actions(s: State) -> list[str]:
@@ -85,6 +88,7 @@ class FakeControl(control_pb2_grpc.ControlServicer):
         self.verify_result: Callable[[cpb.VerifyVdiskRequest], cpb.VerifyVdiskResponse] = (
             lambda r: cpb.VerifyVdiskResponse(vdisk_id=r.vdisk_id, identical=True, chunks_compared=4096,
                                               rounds=1, seconds=0.8))
+        self.policy_id = "aa6d5a82-1c88-45da-85d3-3d74b91a5bad"
         # Method name -> seconds it takes before answering (deadline tests).
         self.delay: dict[str, float] = {}
         self._next = 1
@@ -106,8 +110,12 @@ class FakeControl(control_pb2_grpc.ControlServicer):
         new = transition(lifecycle_state(m.state), event)
         m.state = proto_state(new)
         for vm in m.vms:
-            if vm.state not in (cpb.MIGRATION_STATE_COMPLETED, cpb.MIGRATION_STATE_ABORTED):
+            if vm.state not in VM_FINAL:
                 vm.state = m.state
+        self._settle(m, new)
+
+    def _settle(self, m: cpb.Migration, new: State) -> None:
+        """``m`` is in state ``new`` now: what can be asked of it, and whether its VMs are free."""
         del m.allowed[:]
         m.allowed.extend(operator_actions(new))
         m.updated_at = time.time()
@@ -227,6 +235,40 @@ class FakeControl(control_pb2_grpc.ControlServicer):
                     vm.state = cpb.MIGRATION_STATE_COMPLETED if r.identical else cpb.MIGRATION_STATE_FAILED
         self._set_state(m, Event.COMPLETED if all(r.identical for r in reports) else Event.FAILED)
         return cpb.CutoverResponse(migration=m, reports=reports)
+
+    async def RollbackMigration(self, request: cpb.RollbackRequest, context: Any) -> Any:
+        await self._record("RollbackMigration", request)
+        m = self._get(request.migration_id)
+        if request.vm:
+            todo = [vm for vm in m.vms if vm.vm == request.vm]
+            if not todo:
+                raise NotFound(f"VM {request.vm!r} is not in migration {m.id}")
+        else:
+            todo = [vm for vm in m.vms if vm.state == cpb.MIGRATION_STATE_FAILED]
+            if not todo:
+                raise IllegalTransition(lifecycle_state(m.state), Event.ROLLBACK)
+        for vm in todo:
+            transition(lifecycle_state(vm.state), Event.ROLLBACK)
+        for vm in todo:
+            vm.state = cpb.MIGRATION_STATE_ROLLED_BACK
+            vm.error = ""
+        new = summarize([lifecycle_state(vm.state) for vm in m.vms])
+        m.state = proto_state(new)
+        self._settle(m, new)
+        return m
+
+    async def AttachFilter(self, request: cpb.AttachFilterRequest, context: Any) -> Any:
+        await self._record("AttachFilter", request)
+        vm = next((vm for vm in self.vms if vm.name == request.vm), None)
+        if vm is None:
+            raise NotFound(f"no VM {request.vm!r}")
+        if vm.platform != "vsphere":
+            raise FailedPrecondition(f"platform {vm.platform} has no IO filter policy to attach",
+                                     hint="attach-filter is for the vsphere platform; sim VMs are captured when "
+                                          "a migration starts")
+        for d in vm.disks:
+            d.capture_policy = self.policy_id
+        return vm
 
     # ---- helpers for tests -------------------------------------------------------
 

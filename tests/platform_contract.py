@@ -116,7 +116,8 @@ class PlatformContract:
         shadows: list[ShadowDisk] = await env.make_shadows(vm, closed=False)  # type: ignore[operator]
         await env.platform.create_destination(vm, env.destination, "m-contract", shadows)
         await env.platform.create_destination(vm, env.destination, "m-contract", shadows)  # idempotent
-        assert await env.platform.destination_power(vm, env.destination) is Power.NOT_CREATED
+        # Defined, not running (sim reports a never-started VM as not created, vCenter as off).
+        assert await env.platform.destination_power(vm, env.destination) is not Power.ON
         with pytest.raises(FailedPrecondition, match="CLOSE"):
             await env.platform.power_on_destination(vm, env.destination)
         await env.make_shadows(vm, closed=True)  # type: ignore[operator]
@@ -126,3 +127,16 @@ class PlatformContract:
         while await env.platform.destination_power(vm, env.destination) is not Power.ON:
             assert time.monotonic() < deadline, "destination VM did not come up"
             await asyncio.sleep(0.05)
+
+    async def test_rollback_removes_destination_and_restarts_source(self, env: ContractEnv) -> None:
+        vm = env.running_vm
+        shadows: list[ShadowDisk] = await env.make_shadows(vm, closed=True)  # type: ignore[operator]
+        await env.platform.attach_capture(vm)
+        await env.platform.stop_source(vm)
+        await env.platform.create_destination(vm, env.destination, "m-contract", shadows)
+        assert await env.platform.remove_destination(vm, env.destination, "m-contract") is True
+        assert await env.platform.remove_destination(vm, env.destination, "m-contract") is False  # idempotent
+        assert await env.platform.destination_power(vm, env.destination) is Power.NOT_CREATED
+        await env.platform.start_source(vm)
+        await env.platform.start_source(vm)  # idempotent
+        assert (await env.platform.vm(vm)).power is Power.ON

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,47 @@ def test_daemon_refuses_bad_config_with_exit_2(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "frame_bytes" in out.stderr and str(path) in out.stderr
+
+
+_VSPHERE = '''platform = "vsphere"
+[vsphere]
+datastores = { ds1 = "/vmfs/volumes/ds1" }
+[vsphere.source]
+url = "https://vc-src.example:443/sdk"
+user = "liftshift@vsphere.local"
+password_env = "SRC_PW"
+[vsphere.destination]
+url = "https://vc-dst.example"
+user = "liftshift@vsphere.local"
+password_file = "/etc/liftshift/dst.pw"
+network_map = { "VM Network" = "tenant-42" }
+'''
+
+
+def test_vsphere_platform_config(tmp_path: Path) -> None:
+    cfg = config.load(DaemonConfig, write(tmp_path, _VSPHERE), "LIFTSHIFT_DAEMON_", environ={})
+    assert cfg.platform == "vsphere"
+    assert cfg.vsphere.source.host_port() == ("vc-src.example", 443)
+    assert cfg.vsphere.destination.network_map == {"VM Network": "tenant-42"}
+    assert cfg.vsphere.datastores == {"ds1": "/vmfs/volumes/ds1"}
+    # The sim platform's VMs need no vCenter: empty vsphere sides are fine there.
+    assert config.load(DaemonConfig, write(tmp_path, ""), "LIFTSHIFT_DAEMON_", environ={}).platform == "sim"
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    (('url = "https://vc-dst.example"\n', ""), "key 'vsphere.destination.url' is required"),
+    (('url = "https://vc-src.example:443/sdk"', 'url = "http://vc-src.example"'), "'vsphere.source.url'"),
+    (('password_env = "SRC_PW"', 'password_env = "SRC_PW"\npassword = "x"'), "set exactly one of password"),
+    (('"/vmfs/volumes/ds1"', '"relative/dir"'), "vsphere.datastores"),
+    (('platform = "vsphere"', 'platform = "hyperv"'), "not a known platform (known: sim, vsphere)"),
+])
+def test_vsphere_config_errors_name_the_key(tmp_path: Path, change: tuple[str, str], needle: str) -> None:
+    assert change[0] in _VSPHERE
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        config.load(DaemonConfig, write(tmp_path, _VSPHERE.replace(*change)), "LIFTSHIFT_DAEMON_", environ={})
+
+
+def test_vsphere_example_config_loads() -> None:
+    example = Path(__file__).resolve().parent.parent / "daemon" / "daemon.vsphere.example.toml"
+    cfg = config.load(DaemonConfig, example, "LIFTSHIFT_DAEMON_", environ={})
+    assert cfg.platform == "vsphere" and cfg.vsphere.destination.datastore == "vsanDatastore"

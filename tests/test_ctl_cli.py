@@ -20,6 +20,7 @@ from ctlfake import FakeControl, GiB, MiB, event, identical_report, run_to_compl
 
 from liftshift.daemon import errors
 from liftshift.daemon.lifecycle import Event
+from liftshift.v1 import common_pb2
 from liftshift.v1 import control_pb2 as cpb
 
 SCRIPT = Path(sys.executable).parent / "liftshift"
@@ -81,7 +82,8 @@ def rows(text: str, first: str) -> list[list[str]]:
 async def test_help_documents_commands_and_exit_codes() -> None:
     for r in (await cli("--help"), await cli("--help", module=True)):
         assert r.rc == 0
-        for word in ("inventory", "migrate", "status", "cutover", "verify", "replications", "LIFTSHIFT_ADDRESS"):
+        for word in ("inventory", "migrate", "status", "cutover", "verify", "replications", "vsphere",
+                     "LIFTSHIFT_ADDRESS"):
             assert word in r.out
         assert re.search(r"^\s+3\s+refused", r.out, re.M) and re.search(r"^\s+4\s+the daemon is unreachable",
                                                                             r.out, re.M)
@@ -99,6 +101,9 @@ async def test_help_documents_commands_and_exit_codes() -> None:
     (["--timeout", "0", "inventory"], "not a positive number of seconds"),
     (["verify", "v1", "--max-rounds", "0"], "not a positive whole number"),
     (["status", "--watch", "--interval", "-5"], "'-5' is not a positive number of milliseconds"),
+    (["migrate", "rollback"], "required: MIGRATION"),
+    (["vsphere"], "required"),
+    (["vsphere", "attach-filter"], "required: VM"),
 ])
 async def test_usage_errors_exit_2_without_calling_the_daemon(args: list[str], complaint: str,
                                                               fake_addr: tuple[FakeControl, str]) -> None:
@@ -126,10 +131,46 @@ async def test_inventory_lists_vms_and_disks(fake_addr: tuple[FakeControl, str])
     r = await cli("inventory", address=addr)
     assert r.rc == 0, r
     web = rows(r.out, "web-1")
-    assert web == [["web-1", "sim", "powered-on", "m-0042", "disk0", "4.00 GiB", "1.50 GiB", "yes"]]
+    # A vSphere VM is listed: every disk has a POLICY cell ("-": none).
+    assert web == [["web-1", "sim", "powered-on", "m-0042", "disk0", "4.00 GiB", "1.50 GiB", "yes", "-"]]
     # web-1's second disk is on the next row, under the same VM.
-    assert ["", "", "", "", "disk1", "512.0 MiB", "64.0 MiB", "yes"] in rows(r.out, "")
-    assert rows(r.out, "cold-1") == [["cold-1", "vsphere", "powered-off", "-", "hd0", "1.00 GiB", "0 B", "no"]]
+    assert ["", "", "", "", "disk1", "512.0 MiB", "64.0 MiB", "yes", "-"] in rows(r.out, "")
+    assert rows(r.out, "cold-1") == [["cold-1", "vsphere", "powered-off", "-", "hd0", "1.00 GiB", "0 B", "no",
+                                      "-"]]
+    fake.vms[2].disks[0].capture_policy = fake.policy_id
+    r = await cli("inventory", address=addr)
+    assert rows(r.out, "VM")[0][-1] == "POLICY"
+    assert rows(r.out, "cold-1")[0][-1] == fake.policy_id
+
+
+async def test_inventory_without_vsphere_vms_has_no_policy_column(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    fake.vms = [vm for vm in fake.vms if vm.platform != "vsphere"]
+    r = await cli("inventory", address=addr)
+    assert r.rc == 0, r
+    assert rows(r.out, "VM") == [["VM", "PLATFORM", "POWER", "MIGRATION", "DISK", "SIZE", "ALLOCATED", "CAPTURE"]]
+    assert rows(r.out, "web-1") == [["web-1", "sim", "powered-on", "-", "disk0", "4.00 GiB", "1.50 GiB", "yes"]]
+    assert "POLICY" not in r.out
+
+
+async def test_inventory_of_named_vms_shows_everything_known(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    cold = fake.vms[2]
+    cold.host, cold.guest_os, cold.num_cpu, cold.memory_mb, cold.firmware = "esx-07", "Ubuntu 22.04", 4, 8192, "efi"
+    cold.nics.add(label="Network adapter 1", kind="vmxnet3", network="VM Network")
+    d = cold.disks[0]
+    d.backing_file, d.datastore, d.controller = "[ds1] cold-1/cold-1.vmdk", "ds1", "SCSI controller 0 (pvscsi) 0:0"
+    r = await cli("inventory", "cold-1", "web-1", address=addr)
+    assert r.rc == 0, r
+    for text in ("esx-07", "Ubuntu 22.04", "8.00 GiB", "Network adapter 1 (vmxnet3) on VM Network",
+                 "[ds1] cold-1/cold-1.vmdk", "SCSI controller 0 (pvscsi) 0:0", "web-1", "disk1"):
+        assert text in r.out, (text, r.out)
+    assert "db-1" not in r.out
+    j = await cli("--json", "inventory", "cold-1", address=addr)
+    (vm,) = j.json()["vms"]
+    assert (vm["num_cpu"], vm["disks"][0]["datastore"], vm["nics"][0]["network"]) == (4, "ds1", "VM Network")
+    missing = await cli("inventory", "ghost", address=addr)
+    assert missing.rc == 3 and "no VM 'ghost'" in missing.err and "cold-1" in missing.err, missing
 
 
 async def test_inventory_json_has_every_field(fake_addr: tuple[FakeControl, str]) -> None:
@@ -141,6 +182,7 @@ async def test_inventory_json_has_every_field(fake_addr: tuple[FakeControl, str]
     assert cold["migration_id"] == ""  # fields without presence are printed too
     disk = cold["disks"][0]
     assert disk["capture_attached"] is False and int(disk["size_bytes"]) == GiB and int(disk["allocated_bytes"]) == 0
+    assert disk["capture_policy"] == ""
 
 
 # ---- migrate -----------------------------------------------------------------------
@@ -223,6 +265,117 @@ async def test_migrate_list_and_show(fake_addr: tuple[FakeControl, str]) -> None
     r = await cli("migrate", "show", "m-nope", address=addr)
     assert r.rc == 3 and r.err.splitlines() == ["liftshift: no migration 'm-nope'",
                                                 "  hint: list them with `liftshift migrate list --all`"]
+
+
+def not_identical(vm: str, force: bool) -> cpb.CutoverReport:
+    r = identical_report(vm, force)
+    r.identical, r.error = False, "2 chunks still differ after 3 rounds"
+    return r
+
+
+async def test_migrate_rollback_prints_the_rolled_back_vms(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    fake.cutover_report = not_identical
+    await cli("migrate", "create", "web-1", "--dest", "sink:50052", "--start", address=addr)
+    (mid,) = fake.migrations
+    r = await cli("cutover", "web-1", "--force", address=addr)
+    assert r.rc == 1, r
+    r = await cli("migrate", "rollback", mid, address=addr)
+    assert r.rc == 0, r
+    assert (fake.requests[-1][0], fake.requests[-1][1].migration_id, fake.requests[-1][1].vm) == (
+        "RollbackMigration", mid, "")
+    lines = r.out.splitlines()
+    assert lines[0] == f"Rolled back migration {mid}: rolled-back"
+    assert lines[1] == "VM web-1: rolled back — destination VM removed, source VM powered on"
+    assert r.err == ""
+
+
+async def test_migrate_rollback_one_vm_and_json(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    fake.cutover_report = not_identical
+    await cli("migrate", "create", "web-1", "db-1", "--dest", "sink:50052", "--start", address=addr)
+    (mid,) = fake.migrations
+    await cli("cutover", "--group", mid, "--force", address=addr)
+    r = await cli("migrate", "rollback", mid, "--vm", "db-1", address=addr)
+    assert r.rc == 0, r
+    assert fake.requests[-1][1].vm == "db-1"
+    assert [line for line in r.out.splitlines() if line.startswith("VM ")] == [
+        "VM db-1: rolled back — destination VM removed, source VM powered on"]
+    assert re.search(r"^Allowed now: .*rollback", r.out, re.M)  # web-1 is still failed
+    r = await cli("--json", "migrate", "rollback", mid, address=addr)
+    assert r.rc == 0, r
+    m = r.json()
+    assert m["id"] == mid and m["state"] == "MIGRATION_STATE_ROLLED_BACK"
+    assert [(vm["vm"], vm["state"]) for vm in m["vms"]] == [("web-1", "MIGRATION_STATE_ROLLED_BACK"),
+                                                           ("db-1", "MIGRATION_STATE_ROLLED_BACK")]
+
+
+async def test_migrate_rollback_refused_prints_the_error_and_hint(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    await cli("migrate", "create", "web-1", "--dest", "sink:50052", "--start", address=addr)
+    (mid,) = fake.migrations
+    r = await cli("migrate", "rollback", mid, address=addr)
+    assert r.rc == 3 and r.out == ""
+    assert r.err.splitlines() == [
+        "liftshift: cannot rollback a migration that is syncing",
+        "  hint: only a VM whose cutover failed can be rolled back (abort stops a migration before cutover)"]
+    r = await cli("--json", "migrate", "rollback", mid, "--vm", "web-1", address=addr)
+    assert r.rc == 3 and r.out == ""
+    assert r.error()["type"] == "IllegalTransition"
+    assert r.error()["message"] == "cannot rollback a migration that is syncing"
+
+
+# ---- vsphere -----------------------------------------------------------------------
+
+def vsphere_vm(name: str, *disks: str) -> cpb.Vm:
+    return cpb.Vm(name=name, platform="vsphere", power_state=common_pb2.POWER_STATE_POWERED_ON, disks=[
+        cpb.VmDisk(name=d, size_bytes=(i + 1) * GiB, allocated_bytes=GiB // 2) for i, d in enumerate(disks)])
+
+
+async def test_vsphere_attach_filter_prints_each_disks_policy(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    fake.vms.append(vsphere_vm("app-2", "Hard disk 1", "Hard disk 2"))
+    r = await cli("vsphere", "attach-filter", "cold-1", "app-2", address=addr)
+    assert r.rc == 0, r
+    assert [(name, req.vm) for name, req in fake.requests] == [("AttachFilter", "cold-1"), ("AttachFilter", "app-2")]
+    assert "Capture policy on every disk of VM cold-1:" in r.out
+    assert "Capture policy on every disk of VM app-2:" in r.out
+    assert rows(r.out, "DISK") == [["DISK", "SIZE", "POLICY"]] * 2
+    assert rows(r.out, "hd0") == [["hd0", "1.00 GiB", fake.policy_id]]
+    assert rows(r.out, "Hard disk 2") == [["Hard disk 2", "2.00 GiB", fake.policy_id]]
+    r = await cli("--json", "vsphere", "attach-filter", "app-2", address=addr)
+    assert r.rc == 0, r
+    (vm,) = r.json()["vms"]
+    assert vm["name"] == "app-2" and vm["platform"] == "vsphere"
+    assert [(d["name"], d["capture_policy"]) for d in vm["disks"]] == [("Hard disk 1", fake.policy_id),
+                                                                      ("Hard disk 2", fake.policy_id)]
+
+
+async def test_vsphere_attach_filter_refused_on_sim(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    r = await cli("vsphere", "attach-filter", "web-1", address=addr)
+    assert r.rc == 3 and r.out == ""
+    assert r.err.splitlines() == [
+        "liftshift: platform sim has no IO filter policy to attach",
+        "  hint: attach-filter is for the vsphere platform; sim VMs are captured when a migration starts"]
+    r = await cli("--json", "vsphere", "attach-filter", "web-1", address=addr)
+    assert r.rc == 3 and r.out == ""
+    assert r.error()["type"] == "FailedPrecondition"
+
+
+async def test_vsphere_attach_filter_stops_at_the_first_refusal(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+    fake.vms.append(vsphere_vm("app-2", "Hard disk 1"))
+    r = await cli("vsphere", "attach-filter", "cold-1", "web-1", "app-2", address=addr)
+    assert r.rc == 3
+    assert rows(r.out, "hd0") == [["hd0", "1.00 GiB", fake.policy_id]] and "app-2" not in r.out
+    assert r.err.splitlines()[0] == "liftshift: platform sim has no IO filter policy to attach"
+    assert [req.vm for _, req in fake.requests] == ["cold-1", "web-1"]
+    # With --json the VMs done before the refusal are still printed.
+    r = await cli("--json", "vsphere", "attach-filter", "cold-1", "web-1", address=addr)
+    assert r.rc == 3
+    assert [vm["name"] for vm in r.json()["vms"]] == ["cold-1"]
+    assert r.error()["message"] == "platform sim has no IO filter policy to attach"
 
 
 # ---- status ------------------------------------------------------------------------
@@ -309,6 +462,38 @@ async def test_status_watch_of_an_aborted_migration_fails(fake_addr: tuple[FakeC
     assert [line.split(maxsplit=3)[3] for line in r.out.splitlines()][1:] == [
         "error syncing: sink unreachable", "state-changed aborted: aborted by operator"]
     assert r.err.strip() == f"liftshift: migration {mid} was aborted"
+
+
+async def test_status_watch_ends_failing_when_the_migration_is_rolled_back(
+        fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+
+    async def fail_then_roll_back(request: cpb.WatchRequest, f: FakeControl) -> AsyncIterator[cpb.MigrationEvent]:
+        m = f.migrations[request.migration_id]
+        yield event(f.progress(m.id, 0.5), cpb.EVENT_KIND_PROGRESS)
+        f._set_state(m, Event.FORCE_CUTOVER)
+        f._set_state(m, Event.FAILED)
+        yield event(m, cpb.EVENT_KIND_STATE_CHANGED, vm="web-1", message="cutover failed")
+        await f.RollbackMigration(cpb.RollbackRequest(migration_id=m.id), None)
+        yield event(m, cpb.EVENT_KIND_STATE_CHANGED, vm="web-1", message="rolled back")
+        while True:  # the CLI stops on its own
+            await asyncio.sleep(0.05)
+            yield event(m, cpb.EVENT_KIND_PROGRESS)
+
+    fake.watch_script = fail_then_roll_back
+    await cli("migrate", "create", "web-1", "--dest", "sink:50052", "--start", address=addr)
+    (mid,) = fake.migrations
+    r = await cli("status", mid, "--watch", address=addr, timeout=20)
+    assert r.rc == 1, r
+    assert r.out.splitlines()[-1].split(maxsplit=3)[3] == "state-changed rolled-back: rolled back"
+    assert r.err.strip() == f"liftshift: migration {mid} was rolled back: its source VMs run again"
+    # Already rolled back: one line in the watch's form, no stream.
+    r = await cli("--json", "status", mid, "--watch", address=addr)
+    (line,) = r.out.splitlines()
+    assert r.rc == 1 and fake.requests[-1][0] == "GetMigration"
+    assert json.loads(line)["message"] == "already rolled-back"
+    assert r.error() == {"type": "RolledBack", "message": f"migration {mid} was rolled back: its source VMs run "
+                                                          "again", "hint": ""}
 
 
 async def test_status_watch_unknown_migration_exits_3(fake_addr: tuple[FakeControl, str]) -> None:

@@ -171,6 +171,32 @@ async def test_cutover_variants_and_the_requests_they_send(fake_addr: tuple[Fake
             await c.cutover(m.id, group=True, auto=True)
 
 
+async def test_rollback_and_attach_filter(fake_addr: tuple[FakeControl, str]) -> None:
+    fake, addr = fake_addr
+
+    def differs(vm: str, force: bool) -> cpb.CutoverReport:
+        return cpb.CutoverReport(vm=vm, identical=False, error="differs")
+
+    fake.cutover_report = differs
+    async with Client(addr) as c:
+        m = await c.create_migration(["web-1"], "sink:50052", start=True)
+        with pytest.raises(IllegalTransition) as e:
+            await c.rollback(m.id)
+        assert e.value.message == "cannot rollback a migration that is syncing" and e.value.hint
+        await c.cutover(vm="web-1", force=True)
+        rolled = await c.rollback(m.id, vm="web-1")
+        req = fake.requests[-1][1]
+        assert (fake.requests[-1][0], req.migration_id, req.vm) == ("RollbackMigration", m.id, "web-1")
+        assert rolled.vms[0].state == cpb.MIGRATION_STATE_ROLLED_BACK
+
+        vm = await c.attach_filter("cold-1")
+        assert fake.requests[-1] == ("AttachFilter", cpb.AttachFilterRequest(vm="cold-1"))
+        assert vm.name == "cold-1" and [d.capture_policy for d in vm.disks] == [fake.policy_id]
+        with pytest.raises(FailedPrecondition) as fp:
+            await c.attach_filter("web-1")
+        assert fp.value.message == "platform sim has no IO filter policy to attach" and fp.value.hint
+
+
 async def test_verify(fake_addr: tuple[FakeControl, str]) -> None:
     fake, addr = fake_addr
     fake.replications = [cpb.VdiskReplication(vdisk_id="v1")]

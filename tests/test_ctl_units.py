@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from ctlfake import FakeControl, event
 
+from liftshift.ctl.output import FINAL_STATES, state_text
 from liftshift.ctl.status import PlainLines
 from liftshift.ctl.units import fmt_bytes, fmt_duration, parse_rate, parse_size
 from liftshift.v1 import control_pb2 as cpb
@@ -40,6 +41,16 @@ def test_formats() -> None:
         ["0 B", "1023 B", "1.00 KiB", "64.0 MiB", "1.50 GiB", "5.00 TiB"]
     assert [fmt_duration(s) for s in (-1, 0.25, 42.4, 185, 7380, float("inf"))] == \
         ["-", "0.25 s", "42 s", "3m05s", "2h03m", "-"]
+
+
+def test_rolled_back_is_a_coloured_final_state() -> None:
+    text = state_text(cpb.MIGRATION_STATE_ROLLED_BACK)
+    assert text.plain == "rolled-back" and "magenta" in str(text.style)
+    assert cpb.MIGRATION_STATE_ROLLED_BACK in FINAL_STATES
+    # Every state the daemon can send has a colour.
+    for state in cpb.MigrationState.values():
+        if state:
+            assert state_text(state).style, cpb.MigrationState.Name(state)
 
 
 def test_plain_lines_throttle_progress_per_vm_but_never_state_changes() -> None:

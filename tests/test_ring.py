@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 import threading
 import time
@@ -57,6 +58,21 @@ def test_records_carry_what_was_written(ring: Path) -> None:
         (5, 16 * MiB + (256 << 10), 256 << 10, FLAG_WRITE, 256 << 10),
     ]
     assert bytes(recs[3].payload) + bytes(recs[4].payload) == bytes(range(256)) * 2048
+
+
+def test_announce_is_visible_to_the_daemon_until_detach(ring: Path) -> None:
+    from liftshift.iofilter.ring import Mapped
+
+    view = Mapped(ring, writable=False)
+    try:
+        p = RingProducer(ring)
+        assert view.get("producer") == 0
+        p.announce()
+        assert view.get("producer") == os.getpid()
+        p.detach()
+        assert view.get("producer") == 0
+    finally:
+        view.close()
 
 
 def test_close_carries_final_sequence_and_refuses_later_writes(ring: Path) -> None:

@@ -71,6 +71,7 @@ def lib() -> ctypes.CDLL:
         ("ls_ring_strerror", [c_int], ctypes.c_char_p),
         ("ls_ring_layout", [ctypes.c_char_p, ctypes.POINTER(u64)], c_int),
         ("ls_ring_get_header", [vp], vp),
+        ("ls_ring_announce", [vp, u64], None),
     ):
         getattr(so, fn).argtypes = args
         getattr(so, fn).restype = res
@@ -466,6 +467,21 @@ def test_freeze_never_drops_an_admitted_write(make_ring) -> None:
         (4, ring.FLAG_CLOSE, 0, 0)]
     assert v.records()[0].payload == b"a" * 512
     assert (v.get("writes"), v.get("bytes"), v.get("frozen_rejects")) == (3, 512 + 1024 + 512, 2)
+
+
+def test_announce_sets_producer_and_detach_clears_it(make_ring, lib: ctypes.CDLL) -> None:
+    path, v, c = make_ring()
+    other = CRing(lib, path)
+    assert v.get("producer") == 0
+    lib.ls_ring_announce(c.h, 4242)
+    assert v.get("producer") == 4242
+    other.detach()  # a handle that did not announce leaves the word alone
+    assert v.get("producer") == 4242
+    assert c.close()[0] == LS_OK
+    assert v.get("producer") == 4242  # CLOSE leaves it: the filter still owned the ring
+    c.detach()
+    assert v.get("producer") == 0
+    c.detach = lambda: None  # type: ignore[method-assign]  # already detached for the fixture
 
 
 def test_publish_after_close_is_refused(make_ring, lib: ctypes.CDLL) -> None:

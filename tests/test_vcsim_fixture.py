@@ -4,7 +4,7 @@ These tests pin what the ``vsphere`` platform's tests stand on: TLS with the
 simulator's own certificate as CA (and the ``insecure`` switch), inventory
 with disks, two simulated vCenters at once, refused credentials, a VM whose
 disk is an existing shadow vdisk written on the datastore's directory,
-task faults, session loss and re-login, and PBM at ``/pbm``.  Where this
+task faults, injected faults, session loss and re-login, and PBM at ``/pbm``.  Where this
 govmomi version (0.24) simulates less than a vCenter does, the test says so
 and asserts the simulator's behaviour, so an upgrade that changes it shows up
 here first.
@@ -202,6 +202,51 @@ def test_shadow_vm_on_an_existing_shadow_vdisk(vc: Vcsim, si: Any) -> None:
         vim.vm.device.VirtualDeviceSpec(operation="remove", device=d) for d in disks(vm)])))
     WaitForTask(vm.Destroy_Task())
     assert sorted(p.name for p in (vc.datastore_dir / "liftshift").iterdir()) == ["vd-1-flat.vmdk", "vd-1.vmdk"]
+
+
+def test_injected_fault_fails_one_vms_power_on_once(vc: Vcsim, si: Any) -> None:
+    vms = vms_by_name(si)
+    vm, other = vms["DC0_C0_RP0_VM0"], vms["DC0_C0_RP0_VM1"]
+    vc.inject_fault("PowerOnVM_Task", message="no room for the shadow", match=vm._moId)
+    # Other methods on the same VM, and the same method on another VM, pass.
+    WaitForTask(vm.PowerOffVM_Task())
+    WaitForTask(other.PowerOffVM_Task())
+    WaitForTask(other.PowerOnVM_Task())
+    assert other.runtime.powerState == "poweredOn"
+    assert vc.faults()[0]["fired"] == 0
+
+    # The call itself fails (an HTTP 500 SOAP fault): no task is created.  A
+    # vCenter may fail the task instead, so the platform handles both.
+    with pytest.raises(vim.fault.InsufficientResourcesFault) as err:
+        vm.PowerOnVM_Task()
+    assert err.value.msg == "no room for the shadow"
+    assert vm.runtime.powerState == "poweredOff"
+    assert vc.faults() == [{"method": "PowerOnVM_Task", "fault": "InsufficientResourcesFault",
+                            "message": "no room for the shadow", "count": 1, "match": vm._moId, "fired": 1}]
+    assert "fault injected: PowerOnVM_Task answered with InsufficientResourcesFault" in vc.log()
+
+    # Exhausted: the next power-on is the simulator's own.
+    WaitForTask(vm.PowerOnVM_Task())
+    assert vm.runtime.powerState == "poweredOn"
+    assert vc.faults()[0]["fired"] == 1
+
+
+def test_clear_faults_disarms(vc: Vcsim, si: Any) -> None:
+    vm = vms_by_name(si)["DC0_C0_RP0_VM0"]
+    with pytest.raises(ValueError, match="NoSuchFault"):
+        vc.inject_fault("PowerOffVM_Task", fault="NoSuchFault")
+    vc.inject_fault("PowerOffVM_Task", fault="TaskInProgress", message="busy", count=3)
+    # The method is the SOAP Body's first element, not any mention of it in the request.
+    WaitForTask(vm.Rename_Task(newName="PowerOffVM_Task"))
+    assert vm.name == "PowerOffVM_Task"
+    with pytest.raises(vim.fault.TaskInProgress, match="busy"):
+        vm.PowerOffVM_Task()
+    assert [f["fired"] for f in vc.faults()] == [1]
+
+    vc.clear_faults()
+    assert vc.faults() == []
+    WaitForTask(vm.PowerOffVM_Task())
+    assert vm.runtime.powerState == "poweredOff"
 
 
 def test_session_terminated_from_outside_then_relogin(vc: Vcsim, si: Any) -> None:

@@ -47,7 +47,7 @@ def side_of(vc: Vcsim, **kw: Any) -> VsphereSide:
                                 ca_file=vc.cert_file, task_timeout_s=30.0)
     base.update(kw)
     side = VsphereSide(**base)
-    side.check()
+    side.validate()
     return side
 
 
@@ -115,7 +115,7 @@ def make_source_vm(vc: Vcsim, name: str, *, disk_modes: tuple[str, ...] = ("pers
 
 def test_config_check_names_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good: dict[str, Any] = dict(url="https://vc.example:8443", user="u", password="p")
-    VsphereSide(**good).check()
+    VsphereSide(**good).validate()
     cases: list[tuple[dict[str, Any], str]] = [
         (dict(url=""), "vsphere.url"), (dict(url="http://vc"), "vsphere.url"),
         (dict(url="https://vc:99999"), "vsphere.url"),
@@ -127,7 +127,7 @@ def test_config_check_names_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     ]
     for change, key in cases:
         with pytest.raises(ConfigError) as err:
-            VsphereSide(**{**good, **change}).check()
+            VsphereSide(**{**good, **change}).validate()
         assert f"'{key}" in str(err.value), (change, str(err.value))
     # The password comes from exactly one place.
     monkeypatch.setenv("LS_TEST_VC_PW", "from-env")

@@ -17,6 +17,12 @@ tail is in every failure.  A test starts two for a migration: the source
 vCenter and the destination vCenter, whose datastore directory is the sink's
 data directory (``[LocalDS_0] sub/x.vmdk`` is ``datastore_dir / "sub/x.vmdk"``).
 
+Tests make a real API call fail on demand with :meth:`Vcsim.inject_fault`:
+the program answers the next matching SOAP call (by method name, optionally
+only when the request names a given moref) with a vim fault, as a vCenter
+would, so pyvmomi raises ``vim.fault.<Type>``; :meth:`Vcsim.faults` says how
+often each fired and :meth:`Vcsim.clear_faults` disarms them.
+
 A missing Go toolchain or govmomi package skips the test with a reason,
 except under ``LIFTSHIFT_REQUIRE_TOOLS=1`` (CI), where it fails
 (:func:`tooling.missing`).  A compile error always fails.
@@ -43,6 +49,7 @@ import signal
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -150,6 +157,45 @@ class Vcsim:
 
         return SmartConnect(host=self.host, port=self.port, user=self.username if user is None else user,
                             pwd=self.password if password is None else password, sslContext=self.ssl_context())
+
+    def inject_fault(self, method: str, fault: str = "InsufficientResourcesFault",
+                     message: str = "injected by the test", count: int = 1, match: str = "") -> None:
+        """Answer the next ``count`` SOAP calls of ``method`` (``"PowerOnVM_Task"``)
+        with the vim fault type ``fault`` and ``message`` (pyvmomi raises
+        ``vim.fault.<fault>`` with ``msg == message`` from the method call
+        itself, before any task exists).
+
+        With ``match``, only calls whose request body contains it fire, e.g. a
+        VM's moref value (``vm._moId``) to fail one VM's call and no other's.
+        Faults fire in the order armed; calls no armed fault matches pass
+        through.  An unknown fault type or a count below 1 raises ValueError."""
+        self._faults_request("POST", {"method": method, "fault": fault, "message": message, "count": count,
+                                      "match": match})
+
+    def clear_faults(self) -> None:
+        """Disarm every injected fault (and forget their fired counts)."""
+        self._faults_request("DELETE")
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The faults armed since the last :meth:`clear_faults`, in arming order:
+        ``method``, ``fault``, ``message``, ``count``, ``match`` as armed and
+        ``fired``, how many calls each has failed (exhausted when ``fired == count``)."""
+        result: list[dict[str, Any]] = json.loads(self._faults_request("GET"))
+        return result
+
+    def _faults_request(self, verb: str, body: dict[str, Any] | None = None) -> bytes:
+        req = urllib.request.Request(f"https://{self.host}:{self.port}/liftshift-test/faults", method=verb,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, context=self.ssl_context(), timeout=5.0) as resp:
+                data: bytes = resp.read()
+                return data
+        except urllib.error.HTTPError as e:
+            why = e.read().decode(errors="replace").strip()
+            if e.code == 400:
+                raise ValueError(why) from None
+            raise RuntimeError(f"vcsim {verb} /liftshift-test/faults: HTTP {e.code}: {why}") from None
 
     def log(self) -> str:
         """Everything the simulator wrote so far."""

@@ -31,6 +31,7 @@ class MigrationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MIGRATION_STATE_COMPLETED: _ClassVar[MigrationState]
     MIGRATION_STATE_FAILED: _ClassVar[MigrationState]
     MIGRATION_STATE_ABORTED: _ClassVar[MigrationState]
+    MIGRATION_STATE_ROLLED_BACK: _ClassVar[MigrationState]
 
 class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -54,6 +55,7 @@ MIGRATION_STATE_CUTTING_OVER: MigrationState
 MIGRATION_STATE_COMPLETED: MigrationState
 MIGRATION_STATE_FAILED: MigrationState
 MIGRATION_STATE_ABORTED: MigrationState
+MIGRATION_STATE_ROLLED_BACK: MigrationState
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_PROGRESS: EventKind
 EVENT_KIND_STATE_CHANGED: EventKind
@@ -149,32 +151,62 @@ class ListVmsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VmDisk(_message.Message):
-    __slots__ = ("name", "size_bytes", "allocated_bytes", "capture_attached", "image")
+    __slots__ = ("name", "size_bytes", "allocated_bytes", "capture_attached", "image", "capture_policy", "backing_file", "datastore", "controller")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_ATTACHED_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    BACKING_FILE_FIELD_NUMBER: _ClassVar[int]
+    DATASTORE_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_FIELD_NUMBER: _ClassVar[int]
     name: str
     size_bytes: int
     allocated_bytes: int
     capture_attached: bool
     image: str
-    def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., capture_attached: _Optional[bool] = ..., image: _Optional[str] = ...) -> None: ...
+    capture_policy: str
+    backing_file: str
+    datastore: str
+    controller: str
+    def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., capture_attached: _Optional[bool] = ..., image: _Optional[str] = ..., capture_policy: _Optional[str] = ..., backing_file: _Optional[str] = ..., datastore: _Optional[str] = ..., controller: _Optional[str] = ...) -> None: ...
+
+class VmNic(_message.Message):
+    __slots__ = ("label", "kind", "network")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    kind: str
+    network: str
+    def __init__(self, label: _Optional[str] = ..., kind: _Optional[str] = ..., network: _Optional[str] = ...) -> None: ...
 
 class Vm(_message.Message):
-    __slots__ = ("name", "platform", "power_state", "disks", "migration_id")
+    __slots__ = ("name", "platform", "power_state", "disks", "migration_id", "host", "guest_os", "num_cpu", "memory_mb", "firmware", "nics")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     POWER_STATE_FIELD_NUMBER: _ClassVar[int]
     DISKS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    GUEST_OS_FIELD_NUMBER: _ClassVar[int]
+    NUM_CPU_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    FIRMWARE_FIELD_NUMBER: _ClassVar[int]
+    NICS_FIELD_NUMBER: _ClassVar[int]
     name: str
     platform: str
     power_state: _common_pb2.PowerState
     disks: _containers.RepeatedCompositeFieldContainer[VmDisk]
     migration_id: str
-    def __init__(self, name: _Optional[str] = ..., platform: _Optional[str] = ..., power_state: _Optional[_Union[_common_pb2.PowerState, str]] = ..., disks: _Optional[_Iterable[_Union[VmDisk, _Mapping]]] = ..., migration_id: _Optional[str] = ...) -> None: ...
+    host: str
+    guest_os: str
+    num_cpu: int
+    memory_mb: int
+    firmware: str
+    nics: _containers.RepeatedCompositeFieldContainer[VmNic]
+    def __init__(self, name: _Optional[str] = ..., platform: _Optional[str] = ..., power_state: _Optional[_Union[_common_pb2.PowerState, str]] = ..., disks: _Optional[_Iterable[_Union[VmDisk, _Mapping]]] = ..., migration_id: _Optional[str] = ..., host: _Optional[str] = ..., guest_os: _Optional[str] = ..., num_cpu: _Optional[int] = ..., memory_mb: _Optional[int] = ..., firmware: _Optional[str] = ..., nics: _Optional[_Iterable[_Union[VmNic, _Mapping]]] = ...) -> None: ...
 
 class ListVmsResponse(_message.Message):
     __slots__ = ("vms",)
@@ -389,3 +421,17 @@ class CutoverResponse(_message.Message):
     migration: Migration
     reports: _containers.RepeatedCompositeFieldContainer[CutoverReport]
     def __init__(self, migration: _Optional[_Union[Migration, _Mapping]] = ..., reports: _Optional[_Iterable[_Union[CutoverReport, _Mapping]]] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("migration_id", "vm")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    vm: str
+    def __init__(self, migration_id: _Optional[str] = ..., vm: _Optional[str] = ...) -> None: ...
+
+class AttachFilterRequest(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    def __init__(self, vm: _Optional[str] = ...) -> None: ...

@@ -94,6 +94,16 @@ class ControlStub:
                 request_serializer=liftshift_dot_v1_dot_control__pb2.CutoverRequest.SerializeToString,
                 response_deserializer=liftshift_dot_v1_dot_control__pb2.CutoverResponse.FromString,
                 _registered_method=True)
+        self.RollbackMigration = channel.unary_unary(
+                '/liftshift.v1.Control/RollbackMigration',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+                _registered_method=True)
+        self.AttachFilter = channel.unary_unary(
+                '/liftshift.v1.Control/AttachFilter',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.AttachFilterRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.Vm.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -184,6 +194,22 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RollbackMigration(self, request, context):
+        """After a failed cutover: remove the destination VM (its shadow vdisks are
+        kept) and power the source VM on again; the VM ends rolled-back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttachFilter(self, request, context):
+        """vsphere: put the liftshift IO filter on every disk of a VM by assigning
+        the capture storage policy (created if missing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -246,6 +272,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Cutover,
                     request_deserializer=liftshift_dot_v1_dot_control__pb2.CutoverRequest.FromString,
                     response_serializer=liftshift_dot_v1_dot_control__pb2.CutoverResponse.SerializeToString,
+            ),
+            'RollbackMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackMigration,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.RollbackRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.Migration.SerializeToString,
+            ),
+            'AttachFilter': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachFilter,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.AttachFilterRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.Vm.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -572,6 +608,60 @@ class Control:
             '/liftshift.v1.Control/Cutover',
             liftshift_dot_v1_dot_control__pb2.CutoverRequest.SerializeToString,
             liftshift_dot_v1_dot_control__pb2.CutoverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/RollbackMigration',
+            liftshift_dot_v1_dot_control__pb2.RollbackRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachFilter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/AttachFilter',
+            liftshift_dot_v1_dot_control__pb2.AttachFilterRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.Vm.FromString,
             options,
             channel_credentials,
             insecure,

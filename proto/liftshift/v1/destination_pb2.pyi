@@ -72,3 +72,17 @@ class ListDestinationVmsResponse(_message.Message):
     VMS_FIELD_NUMBER: _ClassVar[int]
     vms: _containers.RepeatedCompositeFieldContainer[DestinationVm]
     def __init__(self, vms: _Optional[_Iterable[_Union[DestinationVm, _Mapping]]] = ...) -> None: ...
+
+class RemoveVmRequest(_message.Message):
+    __slots__ = ("vm", "migration_id")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    migration_id: str
+    def __init__(self, vm: _Optional[str] = ..., migration_id: _Optional[str] = ...) -> None: ...
+
+class RemoveVmResponse(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    def __init__(self, vm: _Optional[str] = ...) -> None: ...

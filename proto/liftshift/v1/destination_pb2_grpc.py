@@ -59,6 +59,11 @@ class DestinationStub:
                 request_serializer=liftshift_dot_v1_dot_destination__pb2.ListDestinationVmsRequest.SerializeToString,
                 response_deserializer=liftshift_dot_v1_dot_destination__pb2.ListDestinationVmsResponse.FromString,
                 _registered_method=True)
+        self.RemoveVm = channel.unary_unary(
+                '/liftshift.v1.Destination/RemoveVm',
+                request_serializer=liftshift_dot_v1_dot_destination__pb2.RemoveVmRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_destination__pb2.RemoveVmResponse.FromString,
+                _registered_method=True)
 
 
 class DestinationServicer:
@@ -94,6 +99,15 @@ class DestinationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveVm(self, request, context):
+        """Rollback: power the VM off and forget its definition; its shadow vdisks
+        stay.  NotFound if the VM is not defined; FailedPrecondition if it is
+        defined by another migration than the one named.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DestinationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +135,11 @@ def add_DestinationServicer_to_server(servicer, server):
                     servicer.ListVms,
                     request_deserializer=liftshift_dot_v1_dot_destination__pb2.ListDestinationVmsRequest.FromString,
                     response_serializer=liftshift_dot_v1_dot_destination__pb2.ListDestinationVmsResponse.SerializeToString,
+            ),
+            'RemoveVm': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveVm,
+                    request_deserializer=liftshift_dot_v1_dot_destination__pb2.RemoveVmRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_destination__pb2.RemoveVmResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +277,33 @@ class Destination:
             '/liftshift.v1.Destination/ListVms',
             liftshift_dot_v1_dot_destination__pb2.ListDestinationVmsRequest.SerializeToString,
             liftshift_dot_v1_dot_destination__pb2.ListDestinationVmsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveVm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Destination/RemoveVm',
+            liftshift_dot_v1_dot_destination__pb2.RemoveVmRequest.SerializeToString,
+            liftshift_dot_v1_dot_destination__pb2.RemoveVmResponse.FromString,
             options,
             channel_credentials,
             insecure,
