@@ -88,6 +88,7 @@ log = logging.getLogger("liftshift.nbd")
 EXIT_CONFIG = 2
 INLINE_READ_MAX = 128 << 10  # reads up to this size are served on the event loop
 INLINE_WRITE_MAX = 256 << 10  # writes up to this size may be applied on the event loop
+RING_WATCH_S = 0.02  # --ring-watch: how often the ring path is looked at
 DISCARD_MAX = 2 * P.MAX_BLOCK  # an oversized WRITE payload up to this is read and dropped
 MAX_INFLIGHT = 256  # requests read but not yet answered, per connection
 MAX_INFLIGHT_BYTES = 64 << 20
@@ -264,6 +265,31 @@ class Export:
     def flush(self) -> None:
         """Make every completed write durable."""
         os.fdatasync(self.fd)
+
+    # -- a ring that comes and goes (--ring-watch) -----------------------------
+
+    def attach(self, ring: str) -> bool:
+        """Start publishing into ``ring`` and announce it (run in the ordered path,
+        so every write after the announcement is captured); False if unusable."""
+        try:
+            producer = _open_ring(ring, self.size, self.shape.read_only)
+        except NbdConfigError as e:
+            log.error("cannot attach: %s", e)
+            return False
+        self.producer, self._watch = producer, Mapped(ring, writable=False)
+        producer.announce()
+        log.info("capture attached: every write is published into %s", ring)
+        return True
+
+    def detach(self) -> None:
+        """Stop publishing (the ring file was removed or replaced); clears the announcement."""
+        if self.producer is not None:
+            log.info("capture detached from %s", self.producer.path)
+            self.producer.detach()
+            self.producer = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def close(self, *, close_ring: bool = False) -> None:
         """Finish queued work, flush, optionally append CLOSE, release everything."""
@@ -675,10 +701,35 @@ def write_port_file(path: Path, content: str) -> None:
     os.replace(tmp, path)
 
 
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return 0
+
+
+async def watch_ring(export: Export, ring: str, interval: float = RING_WATCH_S) -> None:
+    """Attach to ``ring`` whenever it exists, detach when it goes (or is replaced).
+
+    The way a filter put on a disk by policy behaves: the daemon creates the
+    ring when it wants the disk's writes, and waits for the announcement.
+    """
+    attached = 0
+    while True:
+        ino = _inode(ring)
+        if attached and ino != attached:
+            await export.submit(export.detach)
+            attached = 0
+        if ino and not attached and await export.submit(export.attach, ring):
+            attached = ino
+        await asyncio.sleep(interval)
+
+
 async def serve(export: Export, listen: tuple[str, int] | None, unix: str | None, port_file: Path | None,
-                close_on_exit: bool) -> None:
+                close_on_exit: bool, ring_watch: str | None = None) -> None:
     """Serve ``export`` until SIGTERM/SIGINT, then shut down cleanly."""
     server = NbdServer([export])
+    watcher: asyncio.Task[None] | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -693,12 +744,16 @@ async def serve(export: Export, listen: tuple[str, int] | None, unix: str | None
             where.append(f"{listen[0]}:{port}")
         if port_file is not None:
             write_port_file(port_file, str(port) if listen is not None else str(unix))
-        ring = export.producer.path if export.producer else "no ring"
+        if ring_watch:
+            watcher = asyncio.create_task(watch_ring(export, ring_watch))
+        ring = export.producer.path if export.producer else (f"watching {ring_watch}" if ring_watch else "no ring")
         log.info("serving %s (%d bytes, export %r, %s) on %s", export.image, export.size, export.name, ring,
                  ", ".join(where))
         await stop.wait()
         log.info("stopping: answering the requests already read")
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await server.stop()
         export.close(close_ring=close_on_exit)
         if port_file is not None:
@@ -711,6 +766,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="liftshift-nbd", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     ap.add_argument("--image", required=True, help="raw disk image (or block device) to serve")
     ap.add_argument("--ring", help="ring of this disk: every write is published into it (default: none)")
+    ap.add_argument("--ring-watch", metavar="PATH",
+                    help="instead of --ring: publish into the ring at PATH whenever it exists (attach and announce "
+                         "when it appears, detach when it is removed or replaced), like a filter put on the disk "
+                         "by policy; writes while there is none are not captured")
     ap.add_argument("--export", default="default", help="export name (the empty name always works; default: default)")
     ap.add_argument("--listen", metavar="HOST:PORT", help="TCP address; port 0 picks a free port")
     ap.add_argument("--unix", metavar="PATH", help="Unix socket path")
@@ -726,6 +785,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.listen is None and args.unix is None:
             raise NbdConfigError("give --listen HOST:PORT and/or --unix PATH")
+        if args.ring and args.ring_watch:
+            raise NbdConfigError("give --ring or --ring-watch, not both")
+        if args.ring_watch and args.read_only:
+            raise NbdConfigError("--ring-watch with --read-only: a read-only export has no writes to capture")
         listen = parse_listen(args.listen) if args.listen is not None else None
         export = Export(args.image, name=args.export, ring=args.ring, read_only=args.read_only)
     except NbdConfigError as e:
@@ -734,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     try:
-        uvloop.run(serve(export, listen, args.unix, args.port_file, args.close_on_exit))
+        uvloop.run(serve(export, listen, args.unix, args.port_file, args.close_on_exit, args.ring_watch))
     except NbdConfigError as e:
         print(f"liftshift-nbd: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -10,6 +10,7 @@ it was before the test must give exactly the final image.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -25,7 +26,7 @@ from nbdclient import NbdClient, connect
 from procs import DaemonProcess, python_module
 from tooling import file_digest, require_tool
 
-from liftshift.iofilter import FLAG_CLOSE, FLAG_WRITE, CorruptRecord, Record, RingConsumer, create_ring
+from liftshift.iofilter import FLAG_CLOSE, FLAG_TRIM, FLAG_WRITE, CorruptRecord, Record, RingConsumer, create_ring
 from liftshift.iofilter import nbdproto as P
 
 KiB = 1 << 10
@@ -559,3 +560,53 @@ def test_parse_info_request() -> None:
                 struct.pack(">I", 1) + b"\xff" + struct.pack(">H", 0), struct.pack(">I", 1) + b"\x00\x00\x00"):
         with pytest.raises(P.BadOption):
             P.parse_info_request(bad)
+
+
+def test_ring_watch_attaches_announces_and_detaches(nbd: Callable[..., Nbd], tmp_path: Path, shm_dir: Path) -> None:
+    """--ring-watch: writes before the ring exists are not captured; once the ring appears the server
+    announces itself (``producer``) and every later write is in it; removing the ring detaches."""
+    ring = shm_dir / "watched.ring"
+    s = nbd(ring=False, extra=("--ring-watch", str(ring), "--close-on-exit"))
+    c = s.client()
+    assert c.call(P.CMD_WRITE, 0, 4096, payload=b"\x01" * 4096).error == 0  # no ring yet: not captured
+    create_ring(ring, s.image.stat().st_size, capacity=4 * MiB)
+    deadline = time.monotonic() + 10
+    while not _producer(ring):
+        assert time.monotonic() < deadline, s.proc.log()
+        time.sleep(0.01)
+    assert _producer(ring) == s.proc.proc.pid
+    assert c.call(P.CMD_WRITE, 8192, 4096, payload=b"\x02" * 4096).error == 0
+    assert c.call(P.CMD_TRIM, 65536, 4096).error == 0
+    assert [(r.offset, r.flags) for r in read_ring(ring)] == [(8192, FLAG_WRITE), (65536, FLAG_TRIM)]
+    # A new ring in its place (the daemon starts capture afresh): the old one is left, the new one taken.
+    os.rename(ring, shm_dir / "old.ring")
+    os.rename(f"{ring}.bell", shm_dir / "old.ring.bell")
+    deadline = time.monotonic() + 10
+    while _producer(shm_dir / "old.ring"):
+        assert time.monotonic() < deadline, s.proc.log()
+        time.sleep(0.01)
+    assert c.call(P.CMD_WRITE, 12288, 4096, payload=b"\x03" * 4096).error == 0  # detached: not captured
+    create_ring(ring, s.image.stat().st_size, capacity=4 * MiB)
+    deadline = time.monotonic() + 10
+    while not _producer(ring):
+        assert time.monotonic() < deadline, s.proc.log()
+        time.sleep(0.01)
+    assert c.call(P.CMD_WRITE, 16384, 4096, payload=b"\x04" * 4096).error == 0
+    c.disconnect()
+    assert s.proc.stop() == 0
+    assert [(r.offset, r.flags) for r in read_ring(ring)] == [(16384, FLAG_WRITE), (0, FLAG_CLOSE)]
+    assert [(r.offset, r.flags) for r in read_ring(shm_dir / "old.ring")] == [(8192, FLAG_WRITE),
+                                                                             (65536, FLAG_TRIM)]
+
+
+def _producer(ring: Path) -> int:
+    from liftshift.iofilter.ring import Mapped
+
+    try:
+        m = Mapped(ring, writable=False)
+    except FileNotFoundError:
+        return 0
+    try:
+        return m.get("producer")
+    finally:
+        m.close()
