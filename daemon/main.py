@@ -29,6 +29,10 @@ def make_platform(cfg: DaemonConfig) -> Platform:
         from .vsphere_platform import VspherePlatform
 
         return VspherePlatform(cfg.vsphere, cfg.max_message)
+    if cfg.platform == "qemu":
+        from .qemu_platform import QemuPlatform
+
+        return QemuPlatform(cfg.qemu, cfg.qemu.dir or cfg.state_dir / "qemu", cfg.max_message)
     return SimPlatform(cfg.sim, cfg.sim.dir or cfg.state_dir / "sim", cfg.max_message)
 
 
@@ -44,8 +48,9 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
     async def start():  # type: ignore[no-untyped-def]
         for spec in cfg.replicate:
             replicators[spec.vdisk_id] = VdiskReplicator(spec, cfg, store)
-        if isinstance(platform, SimPlatform):
-            await platform.power_on_all()
+        power_on_all = getattr(platform, "power_on_all", None)
+        if power_on_all is not None:  # sim and qemu VMs defined in the configuration
+            await power_on_all()
         control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(replicators, platform, migrations), server)
         names = [control_pb2.DESCRIPTOR.services_by_name["Control"].full_name]
         hs = service.add_health_and_reflection(server, names)
@@ -61,7 +66,8 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
             tmp = port_file.with_name(f".{port_file.name}.tmp")
             tmp.write_text(f"{port}\n")
             tmp.replace(port_file)  # a reader never sees half a number
-        where = (f"with {len(platform.vms)} VM(s)" if isinstance(platform, SimPlatform)
+        vms = getattr(platform, "vms", None)
+        where = (f"with {len(vms)} VM(s)" if vms is not None
                  else f"source {cfg.vsphere.source.url}, destination {cfg.vsphere.destination.url}")
         log.info("liftshift-daemon listening on %s (port %d), platform %s %s, %d migration(s)",
                  cfg.listen, port, platform.name, where, len(migrations.recs))

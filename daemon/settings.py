@@ -242,6 +242,82 @@ class VsphereConfig:
 
 
 @dataclass
+class QemuDisk:
+    """One disk of a QEMU VM, served to it through liftshift-nbd."""
+
+    name: str = doc(help="Disk name inside the VM ([A-Za-z0-9._-]); disks become virtio drives in this order.")
+    image: Path = doc(help="Raw image file (created sparse at `size` if missing).")
+    size: int = doc(0, size=True, help="Size when the image has to be created (0: the image must exist).")
+
+
+@dataclass
+class QemuVm:
+    """A QEMU/KVM VM: its disks go through liftshift-nbd, so every write is captured."""
+
+    name: str = doc(help="VM name ([A-Za-z0-9._-]).")
+    memory_mb: int = doc(512, help="Guest memory in MiB.")
+    kernel: str = doc("", help="Direct kernel boot: the kernel image (empty: boot from the first disk).")
+    initrd: str = doc("", help="Initial ramdisk for the direct kernel boot.")
+    append: str = doc("", help="Kernel command line for the direct kernel boot.")
+    extra_args: list[str] = doc(default_factory=list, help="More QEMU arguments, appended as they are.")
+    headless: bool = doc(False, help="No QEMU: the VM is only its disks, served by liftshift-nbd on "
+                                     "<qemu.dir>/<vm>/<disk>.sock for NBD clients (qemu-io, fio, a QEMU "
+                                     "elsewhere).")
+    power_on: bool = doc(True, help="Power the VM on when the daemon starts (if it is not running already).")
+    disks: list[QemuDisk] = doc(default_factory=list, help="The VM's disks ([[qemu.vm.disks]] tables).")
+
+    def check(self) -> None:
+        if not _ID.match(self.name) or ".." in self.name:
+            raise ConfigError(f"key 'qemu.vm.name': {self.name!r} is not a valid VM name ([A-Za-z0-9._-])")
+        if not self.disks:
+            raise ConfigError(f"key 'qemu.vm.disks': VM {self.name!r} has no disks")
+        names = [d.name for d in self.disks]
+        for d in self.disks:
+            if not _ID.match(d.name) or ".." in d.name or names.count(d.name) > 1:
+                raise ConfigError(f"key 'qemu.vm.disks.name': {d.name!r} of VM {self.name!r} is not a valid, "
+                                  "unique disk name")
+            if d.size < 0 or d.size % 512:
+                raise ConfigError(f"key 'qemu.vm.disks.size': {d.size} is not a multiple of 512")
+        if self.memory_mb < 16:
+            raise ConfigError(f"key 'qemu.vm.memory_mb': {self.memory_mb} is too small")
+        if self.initrd and not self.kernel:
+            raise ConfigError(f"key 'qemu.vm.initrd': VM {self.name!r} has an initrd but no kernel")
+
+
+@dataclass
+class QemuConfig:
+    """The `qemu` platform: QEMU/KVM VMs whose disks are served through liftshift-nbd."""
+
+    dir: Path | None = doc(None, help="Sockets, pid files, consoles and logs of the VMs; default "
+                                      "`<state_dir>/qemu`.")
+    ring_dir: Path = doc(Path("/dev/shm/liftshift"), help="Where capture rings are created "
+                                                          "(<ring_dir>/<vm>/<disk>.ring).")
+    ring_capacity: int = doc(64 << 20, size=True, help="Ring data capacity per disk (a power of two).")
+    binary: str = doc("qemu-system-x86_64", help="The QEMU system emulator.")
+    accel: str = doc("auto", help="kvm, tcg, or auto: KVM when a probe guest really runs under it (hosts with "
+                                  "nested virtualisation often cannot), else TCG.")
+    powerdown_timeout_s: float = doc(60.0, help="At cutover, how long the guest gets to shut down after the ACPI "
+                                                "power button before QEMU is told to quit.")
+    capture_wait_s: float = doc(30.0, help="How long attaching capture waits for liftshift-nbd to take a new ring.")
+    stop_vms_on_exit: bool = doc(False, help="Power the VMs off when the daemon stops (demo and tests); by default "
+                                             "they keep running.")
+    vm: list[QemuVm] = doc(default_factory=list, help="The VMs ([[qemu.vm]] tables).")
+
+    def check(self) -> None:
+        names = [v.name for v in self.vm]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigError(f"key 'qemu.vm': VM {sorted(dup)[0]!r} is defined twice")
+        if self.ring_capacity <= 0 or self.ring_capacity & (self.ring_capacity - 1):
+            raise ConfigError(f"key 'qemu.ring_capacity': {self.ring_capacity} is not a power of two")
+        if self.accel not in ("auto", "kvm", "tcg"):
+            raise ConfigError(f"key 'qemu.accel': {self.accel!r} is not one of auto, kvm, tcg")
+        for key in ("powerdown_timeout_s", "capture_wait_s"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"key 'qemu.{key}' must be positive")
+
+
+@dataclass
 class DaemonConfig:
     """Source daemon settings."""
 
@@ -256,10 +332,11 @@ class DaemonConfig:
     harvest_interval_ms: int = doc(100, help="How often overflow dirty bitmaps are harvested.")
     reconnect_max_s: float = doc(5.0, help="Longest wait between reconnect attempts to a sink.")
     log_level: str = doc("INFO", help="Logging level (DEBUG, INFO, WARNING, ERROR).")
-    platform: str = doc("sim", help="Where VMs come from: `sim` (built-in workload VMs) or `vsphere` "
-                                    "(a source vCenter, see [vsphere]).")
+    platform: str = doc("sim", help="Where VMs come from: `sim` (built-in workload VMs), `vsphere` "
+                                    "(a source vCenter, see [vsphere]) or `qemu` (QEMU/KVM VMs, see [qemu]).")
     sim: SimConfig = doc(default_factory=SimConfig, help="The sim platform ([sim] table).")
     vsphere: VsphereConfig = doc(default_factory=VsphereConfig, help="The vsphere platform ([vsphere] table).")
+    qemu: QemuConfig = doc(default_factory=QemuConfig, help="The qemu platform ([qemu] table).")
     converge_threshold: int = doc(64 << 20, size=True,
                                   help="Default for new migrations: a VM has converged when its background copy "
                                        "is done and at most this many bytes wait to be shipped.")
@@ -284,8 +361,9 @@ class DaemonConfig:
             raise ConfigError(f"key 'read_ahead': {self.read_ahead} must be at least 1")
         if self.max_inflight < self.chunk_size:
             raise ConfigError(f"key 'max_inflight': {self.max_inflight} must be at least chunk_size")
-        if self.platform not in ("sim", "vsphere"):
-            raise ConfigError(f"key 'platform': {self.platform!r} is not a known platform (known: sim, vsphere)")
+        if self.platform not in ("sim", "vsphere", "qemu"):
+            raise ConfigError(f"key 'platform': {self.platform!r} is not a known platform "
+                              "(known: sim, vsphere, qemu)")
         if self.platform == "vsphere":
             self.vsphere.check()
         if self.progress_interval_ms < 10:

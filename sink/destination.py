@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from liftshift.daemon import qemu
 from liftshift.daemon.errors import FailedPrecondition, InvalidArgument, NotFound
 from liftshift.v1 import common_pb2, destination_pb2_grpc
 from liftshift.v1 import destination_pb2 as dpb
@@ -167,7 +168,28 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         os.replace(tmp, path)
 
     def _running(self, rec: dict[str, Any]) -> bool:
-        return pid_alive(int(rec.get("pid", 0)), self.MARKER)
+        if rec.get("marker") == "headless":
+            return bool(rec.get("powered_on_at")) and not rec.get("powered_off")
+        return pid_alive(int(rec.get("pid", 0)), rec.get("marker", self.MARKER))
+
+    async def _stop(self, rec: dict[str, Any]) -> None:
+        if rec.get("marker") == "headless":
+            rec["powered_off"] = True
+            self._save(rec)
+            return
+        await stop_guest(int(rec.get("pid", 0)), rec.get("marker", self.MARKER))
+
+    def _start_qemu(self, guest: common_pb2.QemuGuest, disks: list[str], vm_dir: Path) -> int:
+        """QEMU on the shadow flat files; 0 for a headless VM (its disks are all there is)."""
+        if guest.headless:
+            return 0
+        binary = guest.binary or "qemu-system-x86_64"
+        cmd = qemu.command(binary=binary, accel_name=qemu.accel(guest.accel or "auto", binary),
+                           memory_mb=guest.memory_mb or 512, drives=[qemu.drive(p) for p in disks],
+                           console=vm_dir / "console.log", qmp_socket=vm_dir / "qmp.sock", kernel=guest.kernel,
+                           initrd=guest.initrd, append=guest.append, extra=list(guest.extra_args))
+        (vm_dir / "console.log").unlink(missing_ok=True)
+        return spawn_guest(cmd, vm_dir / "qemu.log")
 
     async def _describe(self, rec: dict[str, Any]) -> dpb.DestinationVm:
         disks = []
@@ -198,8 +220,15 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         check_migration_id(request.migration_id)
         if not request.disks:
             raise InvalidArgument(f"VM {vm!r} needs at least one disk")
-        if request.guest.WhichOneof("kind") != "sim":
-            raise InvalidArgument(f"VM {vm!r}: this sink runs only 'sim' guests")
+        kind = request.guest.WhichOneof("kind")
+        if kind not in ("sim", "qemu"):
+            raise InvalidArgument(f"VM {vm!r}: this sink runs 'sim' and 'qemu' guests, not {kind or 'none'!r}")
+        if kind == "qemu":
+            q = request.guest.qemu
+            for path in (q.kernel, q.initrd):
+                if path and not Path(path).is_file():
+                    raise FailedPrecondition(f"VM {vm!r}: {path} does not exist on the destination host",
+                                             hint="the kernel and initrd of a direct kernel boot must be there too")
         for d in request.disks:
             check_vdisk_id(d.name)
             await self.registry.get(d.vdisk_id)  # NotFound: the shadow was never opened here
@@ -241,8 +270,14 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
             guest = json_format.ParseDict(rec["guest"], common_pb2.GuestSpec())
             vm_dir = self.dir / rec["vm"]
             vm_dir.mkdir(exist_ok=True)
-            cmd = guest_command(paths, guest.sim, vm_dir / "status.json")
-            rec["pid"] = spawn_guest(cmd, vm_dir / "guest.log")
+            rec["powered_off"] = False
+            if guest.WhichOneof("kind") == "qemu":
+                headless = guest.qemu.headless
+                rec["pid"] = await asyncio.to_thread(self._start_qemu, guest.qemu, paths, vm_dir)
+                rec["marker"] = "headless" if headless else qemu.MARKER
+            else:
+                cmd = guest_command(paths, guest.sim, vm_dir / "status.json")
+                rec["pid"], rec["marker"] = spawn_guest(cmd, vm_dir / "guest.log"), self.MARKER
             rec["powered_on_at"] = time.time()
             self._save(rec)
         log.info("VM %s powered on (guest pid %d)", rec["vm"], rec["pid"])
@@ -253,7 +288,7 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         """Stop the VM's guest (its disks stay as they are)."""
         async with self._lock:
             rec = self._load(request.vm)
-            await stop_guest(int(rec.get("pid", 0)), self.MARKER)
+            await self._stop(rec)
         log.info("VM %s powered off", rec["vm"])
         return await self._describe(rec)
 
@@ -265,7 +300,7 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
             if request.migration_id and rec["migration_id"] != request.migration_id:
                 raise FailedPrecondition(f"VM {rec['vm']!r} here belongs to migration {rec['migration_id']!r}, "
                                          f"not {request.migration_id!r}")
-            await stop_guest(int(rec.get("pid", 0)), self.MARKER)
+            await self._stop(rec)
             self._path(rec["vm"]).unlink(missing_ok=True)
         log.info("VM %s removed (migration %s); its shadow vdisks are kept", rec["vm"], rec["migration_id"])
         return dpb.RemoveVmResponse(vm=rec["vm"])
@@ -282,4 +317,4 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         """Stop every running guest (``stop_vms_on_exit``)."""
         for p in sorted(self.dir.glob("*.json")):
             rec = json.loads(p.read_text())
-            await stop_guest(int(rec.get("pid", 0)), self.MARKER)
+            await self._stop(rec)

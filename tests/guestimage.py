@@ -533,6 +533,12 @@ class GuestRun:
                 self.proc.wait()
 
 
+def guest_append(mode: str, *, seed: int, dataset_mib: int, churn_mib: int = 8, pause_ms: int = 0) -> str:
+    """The kernel command line of the guest (``mode``: write, verify or auto; see init.sh)."""
+    return (f"console=ttyS0 quiet liftshift.mode={mode} liftshift.seed={seed} liftshift.mib={dataset_mib} "
+            f"liftshift.churn_mib={churn_mib} liftshift.pause_ms={pause_ms} panic=-1")
+
+
 def boot(disk_args: list[str], mode: str, *, seed: int, dataset_mib: int, console: Path, timeout: float,
          extra: list[str] | None = None, qmp: Path | None = None, churn_mib: int = 8,
          pause_ms: int = 0) -> GuestRun:
@@ -548,8 +554,7 @@ def boot(disk_args: list[str], mode: str, *, seed: int, dataset_mib: int, consol
     timeout_cmd = require_tool("timeout")
     kernel = guest_kernel()
     initrd = build_initramfs()
-    append = (f"console=ttyS0 quiet liftshift.mode={mode} liftshift.seed={seed} liftshift.mib={dataset_mib} "
-              f"liftshift.churn_mib={churn_mib} liftshift.pause_ms={pause_ms} panic=-1")
+    append = guest_append(mode, seed=seed, dataset_mib=dataset_mib, churn_mib=churn_mib, pause_ms=pause_ms)
     console.unlink(missing_ok=True)
     if qmp is not None:
         qmp.unlink(missing_ok=True)

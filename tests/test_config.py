@@ -92,7 +92,7 @@ def test_vsphere_platform_config(tmp_path: Path) -> None:
     (('url = "https://vc-src.example:443/sdk"', 'url = "http://vc-src.example"'), "'vsphere.source.url'"),
     (('password_env = "SRC_PW"', 'password_env = "SRC_PW"\npassword = "x"'), "set exactly one of password"),
     (('"/vmfs/volumes/ds1"', '"relative/dir"'), "vsphere.datastores"),
-    (('platform = "vsphere"', 'platform = "hyperv"'), "not a known platform (known: sim, vsphere)"),
+    (('platform = "vsphere"', 'platform = "hyperv"'), "not a known platform (known: sim, vsphere, qemu)"),
 ])
 def test_vsphere_config_errors_name_the_key(tmp_path: Path, change: tuple[str, str], needle: str) -> None:
     assert change[0] in _VSPHERE

@@ -10,7 +10,7 @@
 #   LIFTSHIFT-POWEROFF                    (write) power button seen, writes stopped and flushed
 #   LIFTSHIFT-ERROR <what>                anything failed; the guest powers off
 #
-# Kernel command line: liftshift.mode=write|verify, liftshift.seed=N,
+# Kernel command line: liftshift.mode=write|verify|auto, liftshift.seed=N,
 # liftshift.mib=N (dataset size), liftshift.churn_mib=N (size of the region
 # after the dataset the steady writer covers, default 8),
 # liftshift.pause_ms=N (sleep between steady writes, default 0),
@@ -28,6 +28,11 @@
 # device named "Power Button", and evdev.ko makes that /dev/input/eventN.  A
 # background dd blocks reading one event from it, then creates /run/button;
 # the writer checks for that file before every write.
+#
+# auto (one command line for a VM and for its copy at a migration's
+# destination): verify when the disk holds this seed's dataset, else write.
+# Write mode records that in a marker block, the 4 KiB right after the churn
+# region ("LIFTSHIFT-DATASET seed=S mib=M"), once the dataset is flushed.
 #
 # It never hangs: every failure powers off, and if even that fails PID 1
 # exits, the kernel panics, and panic=-1 with QEMU's -no-reboot ends QEMU.
@@ -148,6 +153,22 @@ churn() {  # 64 KiB O_DIRECT writes at LCG-picked slots after the dataset until 
     say "WRITES $n"
 }
 
+marker_text() { echo "LIFTSHIFT-DATASET seed=$seed mib=$mib"; }
+marker_block=$(((mib + churn_mib) * 256))  # in 4 KiB blocks
+
+write_marker() {
+    marker_text > /tmp/marker
+    dd if=/tmp/marker of=/tmp/marker.blk bs=4096 count=1 conv=sync 2>/dev/null || fail "building the marker"
+    dd if=/tmp/marker.blk of=$DISK bs=4096 seek=$marker_block oflag=direct conv=notrunc,fsync 2>/dev/null \
+        || fail "writing the dataset marker"
+}
+
+if [ "$mode" = auto ]; then
+    found=$(dd if=$DISK bs=4096 skip=$marker_block count=1 iflag=direct 2>/dev/null | head -n 1)
+    if [ "$found" = "$(marker_text)" ]; then mode=verify; else mode=write; fi
+    say "MODE $mode"
+fi
+
 case $mode in
     write)
         [ "$churn_mib" -gt 0 ] || fail "liftshift.churn_mib must be at least 1"
@@ -155,6 +176,7 @@ case $mode in
         # Listen before anything else, so that a press at any later time counts.
         (dd if="$button" of=/dev/null bs=24 count=1 2>/dev/null; : > /run/button) &
         write_dataset
+        write_marker
         checksum
         say WRITING
         churn
@@ -166,6 +188,6 @@ case $mode in
         off
         ;;
     *)
-        fail "unknown liftshift.mode '$mode' (write or verify)"
+        fail "unknown liftshift.mode '$mode' (write, verify or auto)"
         ;;
 esac

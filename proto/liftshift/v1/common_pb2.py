@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19liftshift/v1/common.proto\x12\x0cliftshift.v1\"\x85\x01\n\x08SimGuest\x12\x10\n\x08rate_ops\x18\x01 \x01(\x01\x12\x12\n\nblock_size\x18\x02 \x01(\r\x12\x19\n\x11working_set_bytes\x18\x03 \x01(\x04\x12\x15\n\rread_fraction\x18\x04 \x01(\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x13\n\x0b\x62oot_digest\x18\x06 \x01(\x08\":\n\tGuestSpec\x12%\n\x03sim\x18\x01 \x01(\x0b\x32\x16.liftshift.v1.SimGuestH\x00\x42\x06\n\x04kind*\x7f\n\nPowerState\x12\x1b\n\x17POWER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16POWER_STATE_POWERED_ON\x10\x01\x12\x1b\n\x17POWER_STATE_POWERED_OFF\x10\x02\x12\x1b\n\x17POWER_STATE_NOT_CREATED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19liftshift/v1/common.proto\x12\x0cliftshift.v1\"\x85\x01\n\x08SimGuest\x12\x10\n\x08rate_ops\x18\x01 \x01(\x01\x12\x12\n\nblock_size\x18\x02 \x01(\r\x12\x19\n\x11working_set_bytes\x18\x03 \x01(\x04\x12\x15\n\rread_fraction\x18\x04 \x01(\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x13\n\x0b\x62oot_digest\x18\x06 \x01(\x08\"c\n\tGuestSpec\x12%\n\x03sim\x18\x01 \x01(\x0b\x32\x16.liftshift.v1.SimGuestH\x00\x12\'\n\x04qemu\x18\x02 \x01(\x0b\x32\x17.liftshift.v1.QemuGuestH\x00\x42\x06\n\x04kind\"\x93\x01\n\tQemuGuest\x12\x11\n\tmemory_mb\x18\x01 \x01(\r\x12\x0e\n\x06kernel\x18\x02 \x01(\t\x12\x0e\n\x06initrd\x18\x03 \x01(\t\x12\x0e\n\x06\x61ppend\x18\x04 \x01(\t\x12\x12\n\nextra_args\x18\x05 \x03(\t\x12\r\n\x05\x61\x63\x63\x65l\x18\x06 \x01(\t\x12\x10\n\x08headless\x18\x07 \x01(\x08\x12\x0e\n\x06\x62inary\x18\x08 \x01(\t*\x7f\n\nPowerState\x12\x1b\n\x17POWER_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16POWER_STATE_POWERED_ON\x10\x01\x12\x1b\n\x17POWER_STATE_POWERED_OFF\x10\x02\x12\x1b\n\x17POWER_STATE_NOT_CREATED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'liftshift.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POWERSTATE']._serialized_start=239
-  _globals['_POWERSTATE']._serialized_end=366
+  _globals['_POWERSTATE']._serialized_start=430
+  _globals['_POWERSTATE']._serialized_end=557
   _globals['_SIMGUEST']._serialized_start=44
   _globals['_SIMGUEST']._serialized_end=177
   _globals['_GUESTSPEC']._serialized_start=179
-  _globals['_GUESTSPEC']._serialized_end=237
+  _globals['_GUESTSPEC']._serialized_end=278
+  _globals['_QEMUGUEST']._serialized_start=281
+  _globals['_QEMUGUEST']._serialized_end=428
 # @@protoc_insertion_point(module_scope)
