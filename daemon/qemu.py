@@ -92,6 +92,13 @@ def drive(path: str | Path, *, nbd_socket: bool = False) -> list[str]:
     return ["-drive", f"file={target},format=raw,if=virtio,cache=none,discard=unmap"]
 
 
+def check_socket_path(path: Path) -> None:
+    """Unix socket paths are limited to 107 bytes: refuse a longer one up front, with its key."""
+    if len(os.fsencode(path)) > 107:
+        raise FailedPrecondition(f"socket path {path} is {len(os.fsencode(path))} bytes, Unix sockets allow 107",
+                                 hint="choose a shorter qemu.dir")
+
+
 def command(*, binary: str, accel_name: str, memory_mb: int, drives: list[list[str]], console: Path,
             qmp_socket: Path | None = None, kernel: str = "", initrd: str = "", append: str = "",
             extra: list[str] | None = None) -> list[str]:

@@ -140,6 +140,8 @@ class QemuPlatform(Platform):
                 return
             vdir = self.vm_dir(vm)
             vdir.mkdir(parents=True, exist_ok=True)
+            for sock in [vdir / "qmp.sock", *(self.socket(vm, d.name) for d in vm.disks)]:
+                qemu.check_socket_path(sock)
             for d in vm.disks:
                 if not d.image.exists():
                     if not d.size:

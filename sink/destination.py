@@ -45,6 +45,7 @@ log = logging.getLogger("liftshift.sink.destination")
 
 SERVICE_NAME = dpb.DESCRIPTOR.services_by_name["Destination"].full_name
 _STOP_WAIT_S = 10.0
+_QEMU_SETTLE_S = 0.3
 
 
 def pid_exists(pid: int) -> bool:
@@ -186,10 +187,17 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         binary = guest.binary or "qemu-system-x86_64"
         cmd = qemu.command(binary=binary, accel_name=qemu.accel(guest.accel or "auto", binary),
                            memory_mb=guest.memory_mb or 512, drives=[qemu.drive(p) for p in disks],
-                           console=vm_dir / "console.log", qmp_socket=vm_dir / "qmp.sock", kernel=guest.kernel,
-                           initrd=guest.initrd, append=guest.append, extra=list(guest.extra_args))
+                           console=vm_dir / "console.log", kernel=guest.kernel, initrd=guest.initrd,
+                           append=guest.append, extra=list(guest.extra_args))
         (vm_dir / "console.log").unlink(missing_ok=True)
-        return spawn_guest(cmd, vm_dir / "qemu.log")
+        pid = spawn_guest(cmd, vm_dir / "qemu.log")
+        # QEMU refuses bad arguments at once: say so instead of reporting a running VM.
+        time.sleep(_QEMU_SETTLE_S)
+        reap(pid)
+        if not pid_alive(pid, qemu.MARKER):
+            tail = (vm_dir / "qemu.log").read_text(errors="replace").strip().splitlines()[-3:]
+            raise FailedPrecondition(f"QEMU exited at start: {' | '.join(tail)}", hint=f"see {vm_dir / 'qemu.log'}")
+        return pid
 
     async def _describe(self, rec: dict[str, Any]) -> dpb.DestinationVm:
         disks = []
