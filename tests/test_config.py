@@ -104,3 +104,20 @@ def test_vsphere_example_config_loads() -> None:
     example = Path(__file__).resolve().parent.parent / "daemon" / "daemon.vsphere.example.toml"
     cfg = config.load(DaemonConfig, example, "LIFTSHIFT_DAEMON_", environ={})
     assert cfg.platform == "vsphere" and cfg.vsphere.destination.datastore == "vsanDatastore"
+
+
+def test_qemu_example_config_loads_and_qemu_errors_name_the_key(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "daemon" / "daemon.qemu.example.toml"
+    cfg = config.load(DaemonConfig, example, "LIFTSHIFT_DAEMON_", environ={})
+    assert cfg.platform == "qemu" and [v.name for v in cfg.qemu.vm] == ["web-1", "db-1"]
+    assert cfg.qemu.vm[1].headless and cfg.qemu.vm[1].disks[0].size == 20 << 30
+    for text, needle in (
+        ('platform = "qemu"\n[qemu]\naccel = "hvf"\n', "key 'qemu.accel'"),
+        ('platform = "qemu"\n[[qemu.vm]]\nname = "a b"\n[[qemu.vm.disks]]\nname = "d"\nimage = "/x"\n',
+         "key 'qemu.vm.name'"),
+        ('platform = "qemu"\n[[qemu.vm]]\nname = "a"\n', "key 'qemu.vm.disks'"),
+        ('platform = "qemu"\n[[qemu.vm]]\nname = "a"\ninitrd = "/i"\n[[qemu.vm.disks]]\nname = "d"\nimage = "/x"\n',
+         "has an initrd but no kernel"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            config.load(DaemonConfig, write(tmp_path, text), "LIFTSHIFT_DAEMON_", environ={})
