@@ -121,6 +121,29 @@ class Client:
         """
         return await self._call(self.stub.AttachFilter, cpb.AttachFilterRequest(vm=vm))
 
+    # ---- estimator -----------------------------------------------------------
+
+    async def start_estimate(self, vms: Sequence[str], destination: str, *, window_s: float = 0.0,
+                             interval_s: float = 0.0, probe_bytes: int = 0, probe_seconds: float = 0.0,
+                             bandwidth_bps: float = 0.0) -> cpb.Estimate:
+        """Observe ``vms`` (nothing is shipped) and measure the bandwidth to ``destination``.
+
+        Defaults (0): a 24 h window, 10 s samples, a probe of at most 256 MiB
+        and 10 s, run before this returns; ``bandwidth_bps`` skips the probe.
+        """
+        req = cpb.StartEstimateRequest(vms=list(vms), destination=destination, window_seconds=window_s,
+                                       interval_seconds=interval_s, probe_bytes=probe_bytes,
+                                       probe_seconds=probe_seconds, bandwidth_bytes_per_s=bandwidth_bps)
+        return await self._call(self.stub.StartEstimate, req, timeout=None)
+
+    async def stop_estimate(self, estimate_id: str = "") -> cpb.Estimate:
+        """End an observation early (its samples stay); "" = the latest."""
+        return await self._call(self.stub.StopEstimate, cpb.EstimateRef(estimate_id=estimate_id))
+
+    async def get_estimate(self, estimate_id: str = "") -> cpb.EstimateReport:
+        """The prediction from what has been observed so far ("" = the latest estimate)."""
+        return await self._call(self.stub.GetEstimate, cpb.EstimateRef(estimate_id=estimate_id))
+
     async def list_replications(self) -> cpb.ListReplicationsResponse:
         """Replication state of every vdisk the daemon ships."""
         return await self._call(self.stub.ListReplications, cpb.ListReplicationsRequest())

@@ -71,6 +71,23 @@ def fmt_duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``24h``, ``3d`` -> seconds (ValueError otherwise)."""
+    t = text.strip().lower()
+    unit = t[-1:] if t[-1:] in _DURATION else "s"
+    number = t[:-1] if t[-1:] in _DURATION else t
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (e.g. 90s, 15m, 24h, 3d)") from None
+    if value <= 0 or value != value:
+        raise ValueError(f"{text!r} is not a positive duration")
+    return value * _DURATION[unit]
+
+
 def fmt_percent(done: int, total: int) -> str:
     """``42%`` of the total (``100%`` for an empty total)."""
     if total <= 0:

@@ -9,8 +9,10 @@ by XXH3-128 per chunk, re-send what differs, compare again).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
@@ -18,6 +20,7 @@ from liftshift.v1 import common_pb2, control_pb2_grpc
 from liftshift.v1 import control_pb2 as cpb
 
 from .errors import FailedPrecondition, InvalidArgument, NotFound
+from .estimator import EstimateRec, Estimates
 from .lifecycle import FINAL
 from .migrations import Migrations
 from .platform import Platform, Power, VmInfo
@@ -89,10 +92,13 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     """Control RPCs over the daemon's replicators."""
 
     def __init__(self, replicators: dict[str, VdiskReplicator], platform: Platform | None = None,
-                 migrations: Migrations | None = None) -> None:
+                 migrations: Migrations | None = None, estimates: Estimates | None = None,
+                 assumptions: Callable[[], Any] | None = None) -> None:
         self.replicators = replicators
         self.platform = platform
         self.migrations = migrations
+        self.estimates = estimates
+        self.assumptions = assumptions
 
     def _m(self) -> Migrations:
         if self.migrations is None or self.platform is None:
@@ -147,6 +153,32 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             raise InvalidArgument("say which VM")
         return self._vm_pb(await attach(request.vm))
 
+    # -- estimator -------------------------------------------------------------
+
+    def _e(self) -> Estimates:
+        if self.estimates is None:
+            raise FailedPrecondition("this daemon runs no platform")
+        return self.estimates
+
+    async def StartEstimate(self, request: cpb.StartEstimateRequest,
+                            context: grpc.aio.ServicerContext) -> cpb.Estimate:
+        if not _ADDRESS.match(request.destination):
+            raise InvalidArgument(f"destination {request.destination!r} is not host:port")
+        rec = await self._e().start(list(request.vms), request.destination, request.window_seconds or 86400.0,
+                                    request.interval_seconds or 10.0, request.probe_bytes or 256 << 20,
+                                    request.probe_seconds or 10.0, request.bandwidth_bytes_per_s)
+        return estimate_pb(rec)
+
+    async def StopEstimate(self, request: cpb.EstimateRef, context: grpc.aio.ServicerContext) -> cpb.Estimate:
+        e = self._e()
+        return estimate_pb(await e.stop(e.get(request.estimate_id).id))
+
+    async def GetEstimate(self, request: cpb.EstimateRef, context: grpc.aio.ServicerContext) -> cpb.EstimateReport:
+        e = self._e()
+        rec = e.get(request.estimate_id)
+        assert self.assumptions is not None
+        return report_pb(rec, e.report(rec, self.assumptions()))
+
     async def RollbackMigration(self, request: cpb.RollbackRequest,
                                 context: grpc.aio.ServicerContext) -> cpb.Migration:
         mig = self._m()
@@ -193,3 +225,61 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         mig = self._m()
         m, reports = await mig.cutover(request)
         return cpb.CutoverResponse(migration=mig.describe(m), reports=reports)
+
+
+# -- estimator reports ------------------------------------------------------------
+
+_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
+
+
+def estimate_pb(rec: EstimateRec) -> cpb.Estimate:
+    return cpb.Estimate(id=rec.id, vms=rec.vms, destination=rec.destination, state=rec.state,
+                        started_at=rec.started, window_seconds=rec.window_s, observed_seconds=rec.observed_s(),
+                        interval_seconds=rec.interval_s, bandwidth_bytes_per_s=rec.bandwidth_bps)
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 \
+        else f"{seconds:.0f} s"
+
+
+def _range(value: float, low: float, high: float) -> cpb.Range:
+    return cpb.Range(estimate=value, low=low, high=high)
+
+
+def _sneakernet(s: Any) -> cpb.Sneakernet:
+    return cpb.Sneakernet(ship_seconds=s.ship_s, replay_bytes=int(s.replay_bytes), replay_seconds=s.replay_s,
+                          total_seconds=s.total_s, network_total_seconds=s.network_total_s, faster=s.faster)
+
+
+def report_pb(rec: EstimateRec, group: Any) -> cpb.EstimateReport:
+    """The model's answer (:mod:`.estimator_model`) on the wire."""
+    replay = sum(v.sneakernet.replay_bytes for v in group.vms)
+    out = cpb.EstimateReport(estimate=estimate_pb(rec), all_at_once_seconds=group.all_at_once_s,
+                             waves=[", ".join(w) for w in group.waves], waves_seconds=group.waves_s,
+                             recommended=group.recommended,
+                             sneakernet=cpb.Sneakernet(ship_seconds=group.sneakernet_ship_s, replay_bytes=int(replay),
+                                                       replay_seconds=max(0.0, group.sneakernet_total_s
+                                                                          - group.sneakernet_ship_s),
+                                                       total_seconds=group.sneakernet_total_s,
+                                                       network_total_seconds=group.network_total_s,
+                                                       faster=group.faster))
+    for v in group.vms:
+        disks = rec.disks.get(v.name, [])
+        out.vms.append(cpb.VmEstimate(
+            vm=v.name, size_bytes=sum(d["size"] for d in disks), allocated_bytes=sum(d["allocated"] for d in disks),
+            write_bytes_per_s=v.write_bps, write_iops=v.write_iops, distinct_dirty_bytes_per_s=v.distinct_dirty_bps,
+            background_seconds=v.background_s, total_seconds=_range(v.total_s, v.total_low_s, v.total_high_s),
+            steady_lag_seconds=v.steady_lag_s, converges=v.converges, verdict=v.verdict,
+            throttle_to_converge_bytes_per_s=v.throttle_to_converge_bps or 0.0,
+            cutover_downtime_seconds=_range(v.cutover_downtime_s, v.downtime_low_s, v.downtime_high_s),
+            sneakernet=_sneakernet(v.sneakernet)))
+    observed = rec.observed_s()
+    if rec.state == "observing":
+        out.notes.append(f"still observing: {_hours(observed)} of the {_hours(rec.window_s)} window so far")
+    if observed < 86400:
+        out.notes.append(f"the estimate rests on {_hours(observed)} of observation: 24 h (a full daily cycle) "
+                         "gives a good estimate; the ranges narrow as the window grows")
+    if not any(d for d in rec.disks.values()):
+        out.notes.append("no samples yet")
+    return out

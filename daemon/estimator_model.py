@@ -151,6 +151,17 @@ class Assumptions:
     stop_s: float = 5.0  # guest shutdown time at cutover
     power_on_s: float = 2.0
     good_window_s: float = 86400  # 24 h gives a good estimate
+    # Automatic cutover first proves every chunk identical once, at up to this
+    # rate (the daemon's preverify_bytes_per_s; 0: no such pass).  It reads
+    # whole disks, holes included, after convergence: it adds to total_s.
+    preverify_bps: float = 0.0
+    # The replication path moves less than a raw transfer over the same link
+    # (it reads the source, interleaves live frames and zero ranges, and the
+    # sink syncs what it applies): the usable bandwidth is the probed one
+    # times this.  0.8 is what tests/test_estimator_e2e.py measures over a
+    # throttled loopback link (copy 18.7-19 MB/s where the probe saw 23.2-23.4);
+    # the daemon passes its estimate_copy_efficiency.
+    copy_efficiency: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -175,7 +186,7 @@ class VmEstimate:
     live_bps: float  # what live writes put on the link: min(raw, distinct)
     background_s: float
     converge_s: float
-    total_s: float  # = converge_s: until cutover can start
+    total_s: float  # converge_s + the pre-cutover verification pass: until cutover can start
     steady_lag_s: float
     converges: bool
     verdict: str
@@ -297,6 +308,7 @@ class _VmCurve:
         self.name = vm.name
         self.disks = [_DiskCurve(d, a) for d in vm.disks]
         self.allocated = sum(d.allocated for d in self.disks)
+        self.size = sum(d.size for d in vm.disks)
         self.window = max((d.window for d in self.disks), default=0.0)
         self.w_ref = sum(d.w_ref for d in self.disks)
         self.write_bps = sum(d.raw_total / d.window for d in self.disks if d.window > 0)
@@ -408,7 +420,7 @@ def _run(cv: _VmCurve, bw: float, a: Assumptions, rtt: float, allocated: float, 
 
 
 def _estimate(cv: _VmCurve, link: Link, a: Assumptions, share: float) -> VmEstimate:
-    bw = link.bandwidth_bps * share
+    bw = link.bandwidth_bps * share * a.copy_efficiency
     mid = _run(cv, bw, a, link.rtt_s, cv.allocated, 1.0)
     low = _run(cv, bw, a, link.rtt_s, cv.allocated, 1.0 - cv.u)
     high = _run(cv, bw, a, link.rtt_s, cv.allocated, 1.0 + cv.u)
@@ -416,14 +428,16 @@ def _estimate(cv: _VmCurve, link: Link, a: Assumptions, share: float) -> VmEstim
     replay_bytes = int(cv.dbytes(ship, 1.0))
     replay = _run(cv, bw, a, link.rtt_s, replay_bytes, 1.0).converge_s
     sneaker = ship + replay
+    pre = cv.size / min(a.preverify_bps, a.verify_bps) if a.preverify_bps > 0 else 0.0
     return VmEstimate(
         name=cv.name, window_s=cv.window, write_bps=cv.write_bps, write_iops=cv.write_iops,
         distinct_dirty_bps=mid.distinct_bps, live_bps=mid.live_bps, background_s=mid.background_s,
-        converge_s=mid.converge_s, total_s=mid.converge_s, steady_lag_s=mid.steady_lag_s,
+        converge_s=mid.converge_s, total_s=mid.converge_s + pre, steady_lag_s=mid.steady_lag_s,
         converges=mid.converges, verdict=mid.verdict,
         throttle_to_converge_bps=None if mid.converges else THROTTLE_MARGIN * bw,
         cutover_downtime_s=mid.downtime_s, drain_s=mid.drain_s, verify_s=mid.verify_s, uncertainty=cv.u,
-        total_low_s=min(low.converge_s, mid.converge_s), total_high_s=max(high.converge_s, mid.converge_s),
+        total_low_s=min(low.converge_s, mid.converge_s) + pre,
+        total_high_s=max(high.converge_s, mid.converge_s) + pre,
         downtime_low_s=min(low.downtime_s, mid.downtime_s), downtime_high_s=max(high.downtime_s, mid.downtime_s),
         sneakernet=Sneakernet(ship_s=ship, replay_bytes=replay_bytes, replay_s=replay, total_s=sneaker,
                               network_total_s=mid.converge_s,
@@ -439,7 +453,7 @@ def estimate_vm(vm: VmObservation, link: Link, a: Assumptions, share: float = 1.
 def _batch_s(cvs: Sequence[_VmCurve], loads: Sequence[float], link: Link, a: Assumptions,
              allocated: Sequence[float] | None = None) -> float:
     """VMs migrated together: live load plus an equal split of the rest each; cutovers in a row."""
-    bw = link.bandwidth_bps
+    bw = link.bandwidth_bps * a.copy_efficiency
     spare = bw - sum(loads)
     if not cvs:
         return 0.0
@@ -475,7 +489,8 @@ def estimate_group(vms: Sequence[VmObservation], link: Link, a: Assumptions) -> 
     ests = tuple(_estimate(cv, link, a, 1.0) for cv in cvs.values())
     loads = {e.name: e.live_bps for e in ests}
     names = list(cvs)
-    waves = _pack(names, loads, {n: float(cv.allocated) for n, cv in cvs.items()}, WAVE_CAP * link.bandwidth_bps)
+    waves = _pack(names, loads, {n: float(cv.allocated) for n, cv in cvs.items()},
+                  WAVE_CAP * link.bandwidth_bps * a.copy_efficiency)
 
     def schedule(groups: list[list[str]], allocated: dict[str, float] | None = None) -> float:
         return sum(_batch_s([cvs[n] for n in g], [loads[n] for n in g], link, a,

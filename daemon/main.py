@@ -10,9 +10,10 @@ from pathlib import Path
 from liftshift.iofilter.alloc import tune_malloc
 from liftshift.v1 import control_pb2, control_pb2_grpc
 
-from . import config, service
+from . import config, estimator_model, service
 from .control import ControlServicer
 from .errors import LiftshiftError
+from .estimator import Estimates
 from .migrations import Migrations
 from .platform import Platform
 from .settings import DaemonConfig
@@ -44,6 +45,8 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
 
     platform = make_platform(cfg)
     migrations = Migrations(cfg, store, platform, replicators)
+    estimates = Estimates(store, platform, cfg.max_message)
+    migrations.before_capture = estimates.release_vm  # a migration takes a VM's rings over
 
     async def start():  # type: ignore[no-untyped-def]
         for spec in cfg.replicate:
@@ -51,13 +54,25 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
         power_on_all = getattr(platform, "power_on_all", None)
         if power_on_all is not None:  # sim and qemu VMs defined in the configuration
             await power_on_all()
-        control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(replicators, platform, migrations), server)
+        def assumptions() -> estimator_model.Assumptions:
+            stop, power_on = migrations.cutover_medians()
+            return estimator_model.Assumptions(converge_threshold=cfg.converge_threshold,
+                                               ship_days=cfg.sneakernet_ship_days,
+                                               preverify_bps=cfg.preverify_bytes_per_s,
+                                               copy_efficiency=cfg.estimate_copy_efficiency,
+                                               stop_s=stop if stop is not None else platform.typical_stop_s,
+                                               power_on_s=power_on if power_on is not None
+                                               else platform.typical_power_on_s)
+
+        control_pb2_grpc.add_ControlServicer_to_server(
+            ControlServicer(replicators, platform, migrations, estimates, assumptions), server)
         names = [control_pb2.DESCRIPTOR.services_by_name["Control"].full_name]
         hs = service.add_health_and_reflection(server, names)
         port = server.add_insecure_port(cfg.listen)
         if port == 0:
             raise LiftshiftError(f"cannot listen on {cfg.listen}")
         await migrations.start()
+        await estimates.resume()
         await server.start()
         for r in replicators.values():
             r.start()
@@ -74,6 +89,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
 
         async def stop() -> None:
             await server.stop(5)
+            await estimates.stop_all()
             await migrations.stop()
             for r in replicators.values():
                 await r.stop()

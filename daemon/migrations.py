@@ -30,8 +30,9 @@ import json
 import logging
 import re
 import secrets
+import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -143,6 +144,8 @@ class Migrations:
         self._lock = asyncio.Lock()
         self._cutovers: dict[tuple[str, str], asyncio.Task[cpb.CutoverReport]] = {}
         self._group_tasks: set[asyncio.Task[object]] = set()
+        # Called with a VM's name before its capture is attached (the estimator lets go of its rings).
+        self.before_capture: Callable[[str], Awaitable[None]] | None = None
         self._subs: set[asyncio.Queue[cpb.MigrationEvent]] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -357,6 +360,18 @@ class Migrations:
                 m.auto_cutover = False
                 self._save(m)
             return m
+
+    def cutover_medians(self) -> tuple[float | None, float | None]:
+        """Median stop and power-on seconds of this daemon's completed cutovers (None: none yet)."""
+        reports = [v.report for m in self.recs.values() for v in m.vms
+                   if v.state is State.COMPLETED and v.report and v.report.get("identical")]
+        if not reports:
+            return None, None
+
+        def median(key: str) -> float:
+            return statistics.median(float(r.get(key, 0.0) or 0.0) for r in reports if r)  # type: ignore[arg-type]
+
+        return median("stop_seconds"), median("power_on_seconds")
 
     def _plan(self, m: MigrationRec, event: Event) -> list[VmRec]:
         """The VMs ``event`` applies to; IllegalTransition (nothing changed) when none."""
@@ -596,6 +611,8 @@ class Migrations:
 
     async def _start_vm(self, m: MigrationRec, v: VmRec) -> None:
         """Attach capture and start replicating every disk of ``v``."""
+        if self.before_capture is not None:
+            await self.before_capture(v.vm)
         if v.state is not State.CUTTING_OVER:
             info = await self.platform.attach_capture(v.vm)
             sizes = {d.name: d.size for d in info.disks}

@@ -95,6 +95,10 @@ class Platform(abc.ABC):
     """A place VMs run: the source side of a migration and its destination."""
 
     name: str
+    # What the estimator assumes a cutover's stop and power-on take here until
+    # this daemon has measured some (then it uses the medians of real cutovers).
+    typical_stop_s: float = 5.0
+    typical_power_on_s: float = 2.0
 
     @abc.abstractmethod
     async def inventory(self) -> list[VmInfo]:

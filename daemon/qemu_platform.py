@@ -84,6 +84,8 @@ class QemuPlatform(Platform):
     """VMs defined in ``[qemu]`` (see the module's design note)."""
 
     name = "qemu"
+    typical_stop_s = 10.0
+    typical_power_on_s = 0.5
 
     def __init__(self, cfg: QemuConfig, qemu_dir: Path, max_message: int = 16 << 20) -> None:
         self.cfg = cfg

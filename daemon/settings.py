@@ -345,6 +345,11 @@ class DaemonConfig:
     preverify_bytes_per_s: int = doc(512 << 20, size=True,
                                      help="While a VM has converged, chunks are verified ahead of cutover at up "
                                           "to this rate (0: off; cutover then hashes every chunk).")
+    estimate_copy_efficiency: float = doc(0.8, help="Estimator: share of the probed bandwidth the replication path "
+                                                   "achieves (it reads the source, interleaves live frames and the "
+                                                   "sink syncs; 0.8 measured on a throttled loopback link).")
+    sneakernet_ship_days: float = doc(3.0, help="Estimator: days a disk shipped physically takes to arrive "
+                                                "(the seeded-migration alternative).")
     progress_interval_ms: int = doc(500, help="How often migrations are checked for convergence and progress "
                                               "events are published.")
     replicate: list[ReplicateSpec] = doc(default_factory=list,
@@ -366,6 +371,10 @@ class DaemonConfig:
                               "(known: sim, vsphere, qemu)")
         if self.platform == "vsphere":
             self.vsphere.check()
+        if not 0 < self.estimate_copy_efficiency <= 1:
+            raise ConfigError(f"key 'estimate_copy_efficiency': {self.estimate_copy_efficiency} must be in (0, 1]")
+        if self.sneakernet_ship_days < 0:
+            raise ConfigError(f"key 'sneakernet_ship_days': {self.sneakernet_ship_days} must not be negative")
         if self.progress_interval_ms < 10:
             raise ConfigError(f"key 'progress_interval_ms': {self.progress_interval_ms} must be at least 10")
         ids = [r.vdisk_id for r in self.replicate]

@@ -118,6 +118,8 @@ class SimPlatform(Platform):
     """VMs defined in ``[sim]``; guests are local processes."""
 
     name = "sim"
+    typical_stop_s = 0.05
+    typical_power_on_s = 0.05
 
     def __init__(self, cfg: SimConfig, sim_dir: Path, max_message: int = 16 << 20) -> None:
         self.cfg = cfg

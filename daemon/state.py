@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vdisk (
@@ -34,6 +35,30 @@ CREATE TABLE IF NOT EXISTS migration (
     id TEXT PRIMARY KEY,
     body TEXT NOT NULL,
     updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS estimate (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS estimate_sample (
+    estimate_id TEXT NOT NULL,
+    vm TEXT NOT NULL,
+    disk TEXT NOT NULL,
+    t REAL NOT NULL,
+    seconds REAL NOT NULL,
+    write_bytes INTEGER NOT NULL,
+    write_ops INTEGER NOT NULL,
+    new_chunks INTEGER NOT NULL,
+    dirty_chunks INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS estimate_sample_by_id ON estimate_sample (estimate_id, t);
+CREATE TABLE IF NOT EXISTS estimate_seen (
+    estimate_id TEXT NOT NULL,
+    vm TEXT NOT NULL,
+    disk TEXT NOT NULL,
+    seen BLOB NOT NULL,
+    PRIMARY KEY (estimate_id, vm, disk)
 );
 """
 
@@ -106,6 +131,38 @@ class StateStore:
         """Every stored migration record, oldest first."""
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT body FROM migration ORDER BY rowid")]
+
+    def save_estimate(self, estimate_id: str, body: str) -> None:
+        """Store an estimate's record (JSON, written by the estimator)."""
+        with self._lock:
+            self._db.execute("INSERT INTO estimate (id, body, updated) VALUES (?,?,?) ON CONFLICT(id) DO UPDATE "
+                             "SET body=excluded.body, updated=excluded.updated", (estimate_id, body, time.time()))
+
+    def load_estimates(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT body FROM estimate ORDER BY rowid")]
+
+    def add_estimate_samples(self, rows: list[tuple[object, ...]]) -> None:
+        """(estimate_id, vm, disk, t, seconds, write_bytes, write_ops, new_chunks, dirty_chunks) rows."""
+        with self._lock, self._db:
+            self._db.executemany("INSERT INTO estimate_sample VALUES (?,?,?,?,?,?,?,?,?)", rows)
+
+    def estimate_samples(self, estimate_id: str) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute("SELECT * FROM estimate_sample WHERE estimate_id=? ORDER BY t",
+                                         (estimate_id,)))
+
+    def save_estimate_seen(self, estimate_id: str, vm: str, disk: str, seen: bytes) -> None:
+        """The chunks of a disk dirtied since the observation began (one byte per chunk)."""
+        with self._lock:
+            self._db.execute("INSERT INTO estimate_seen VALUES (?,?,?,?) ON CONFLICT(estimate_id, vm, disk) "
+                             "DO UPDATE SET seen=excluded.seen", (estimate_id, vm, disk, seen))
+
+    def estimate_seen(self, estimate_id: str, vm: str, disk: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT seen FROM estimate_seen WHERE estimate_id=? AND vm=? AND disk=?",
+                                   (estimate_id, vm, disk)).fetchone()
+        return bytes(row[0]) if row else None
 
     def close(self) -> None:
         with self._lock:

@@ -104,6 +104,8 @@ class VspherePlatform(Platform):
     """Source VMs in one vCenter, shadow VMs in another (see the module's design note)."""
 
     name = "vsphere"
+    typical_stop_s = 60.0
+    typical_power_on_s = 10.0
 
     def __init__(self, cfg: VsphereConfig, max_message: int = 16 << 20) -> None:
         self.cfg = cfg

@@ -435,3 +435,127 @@ class AttachFilterRequest(_message.Message):
     VM_FIELD_NUMBER: _ClassVar[int]
     vm: str
     def __init__(self, vm: _Optional[str] = ...) -> None: ...
+
+class StartEstimateRequest(_message.Message):
+    __slots__ = ("vms", "destination", "window_seconds", "interval_seconds", "probe_bytes", "probe_seconds", "bandwidth_bytes_per_s")
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROBE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PROBE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    vms: _containers.RepeatedScalarFieldContainer[str]
+    destination: str
+    window_seconds: float
+    interval_seconds: float
+    probe_bytes: int
+    probe_seconds: float
+    bandwidth_bytes_per_s: float
+    def __init__(self, vms: _Optional[_Iterable[str]] = ..., destination: _Optional[str] = ..., window_seconds: _Optional[float] = ..., interval_seconds: _Optional[float] = ..., probe_bytes: _Optional[int] = ..., probe_seconds: _Optional[float] = ..., bandwidth_bytes_per_s: _Optional[float] = ...) -> None: ...
+
+class EstimateRef(_message.Message):
+    __slots__ = ("estimate_id",)
+    ESTIMATE_ID_FIELD_NUMBER: _ClassVar[int]
+    estimate_id: str
+    def __init__(self, estimate_id: _Optional[str] = ...) -> None: ...
+
+class Estimate(_message.Message):
+    __slots__ = ("id", "vms", "destination", "state", "started_at", "window_seconds", "observed_seconds", "interval_seconds", "bandwidth_bytes_per_s")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    vms: _containers.RepeatedScalarFieldContainer[str]
+    destination: str
+    state: str
+    started_at: float
+    window_seconds: float
+    observed_seconds: float
+    interval_seconds: float
+    bandwidth_bytes_per_s: float
+    def __init__(self, id: _Optional[str] = ..., vms: _Optional[_Iterable[str]] = ..., destination: _Optional[str] = ..., state: _Optional[str] = ..., started_at: _Optional[float] = ..., window_seconds: _Optional[float] = ..., observed_seconds: _Optional[float] = ..., interval_seconds: _Optional[float] = ..., bandwidth_bytes_per_s: _Optional[float] = ...) -> None: ...
+
+class Range(_message.Message):
+    __slots__ = ("estimate", "low", "high")
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    estimate: float
+    low: float
+    high: float
+    def __init__(self, estimate: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ...) -> None: ...
+
+class Sneakernet(_message.Message):
+    __slots__ = ("ship_seconds", "replay_bytes", "replay_seconds", "total_seconds", "network_total_seconds", "faster")
+    SHIP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FASTER_FIELD_NUMBER: _ClassVar[int]
+    ship_seconds: float
+    replay_bytes: int
+    replay_seconds: float
+    total_seconds: float
+    network_total_seconds: float
+    faster: str
+    def __init__(self, ship_seconds: _Optional[float] = ..., replay_bytes: _Optional[int] = ..., replay_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., network_total_seconds: _Optional[float] = ..., faster: _Optional[str] = ...) -> None: ...
+
+class VmEstimate(_message.Message):
+    __slots__ = ("vm", "size_bytes", "allocated_bytes", "write_bytes_per_s", "write_iops", "distinct_dirty_bytes_per_s", "background_seconds", "total_seconds", "steady_lag_seconds", "converges", "verdict", "throttle_to_converge_bytes_per_s", "cutover_downtime_seconds", "sneakernet")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WRITE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    WRITE_IOPS_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_DIRTY_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STEADY_LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CONVERGES_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    THROTTLE_TO_CONVERGE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    CUTOVER_DOWNTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SNEAKERNET_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    size_bytes: int
+    allocated_bytes: int
+    write_bytes_per_s: float
+    write_iops: float
+    distinct_dirty_bytes_per_s: float
+    background_seconds: float
+    total_seconds: Range
+    steady_lag_seconds: float
+    converges: bool
+    verdict: str
+    throttle_to_converge_bytes_per_s: float
+    cutover_downtime_seconds: Range
+    sneakernet: Sneakernet
+    def __init__(self, vm: _Optional[str] = ..., size_bytes: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., write_bytes_per_s: _Optional[float] = ..., write_iops: _Optional[float] = ..., distinct_dirty_bytes_per_s: _Optional[float] = ..., background_seconds: _Optional[float] = ..., total_seconds: _Optional[_Union[Range, _Mapping]] = ..., steady_lag_seconds: _Optional[float] = ..., converges: _Optional[bool] = ..., verdict: _Optional[str] = ..., throttle_to_converge_bytes_per_s: _Optional[float] = ..., cutover_downtime_seconds: _Optional[_Union[Range, _Mapping]] = ..., sneakernet: _Optional[_Union[Sneakernet, _Mapping]] = ...) -> None: ...
+
+class EstimateReport(_message.Message):
+    __slots__ = ("estimate", "vms", "all_at_once_seconds", "waves", "waves_seconds", "recommended", "sneakernet", "notes")
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    ALL_AT_ONCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WAVES_FIELD_NUMBER: _ClassVar[int]
+    WAVES_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDED_FIELD_NUMBER: _ClassVar[int]
+    SNEAKERNET_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    estimate: Estimate
+    vms: _containers.RepeatedCompositeFieldContainer[VmEstimate]
+    all_at_once_seconds: float
+    waves: _containers.RepeatedScalarFieldContainer[str]
+    waves_seconds: float
+    recommended: str
+    sneakernet: Sneakernet
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, estimate: _Optional[_Union[Estimate, _Mapping]] = ..., vms: _Optional[_Iterable[_Union[VmEstimate, _Mapping]]] = ..., all_at_once_seconds: _Optional[float] = ..., waves: _Optional[_Iterable[str]] = ..., waves_seconds: _Optional[float] = ..., recommended: _Optional[str] = ..., sneakernet: _Optional[_Union[Sneakernet, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...

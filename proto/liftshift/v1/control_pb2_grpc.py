@@ -104,6 +104,21 @@ class ControlStub:
                 request_serializer=liftshift_dot_v1_dot_control__pb2.AttachFilterRequest.SerializeToString,
                 response_deserializer=liftshift_dot_v1_dot_control__pb2.Vm.FromString,
                 _registered_method=True)
+        self.StartEstimate = channel.unary_unary(
+                '/liftshift.v1.Control/StartEstimate',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.StartEstimateRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.Estimate.FromString,
+                _registered_method=True)
+        self.StopEstimate = channel.unary_unary(
+                '/liftshift.v1.Control/StopEstimate',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.EstimateRef.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.Estimate.FromString,
+                _registered_method=True)
+        self.GetEstimate = channel.unary_unary(
+                '/liftshift.v1.Control/GetEstimate',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.EstimateRef.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.EstimateReport.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -210,6 +225,27 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartEstimate(self, request, context):
+        """Migration Estimator: observe VMs' writes (nothing is shipped), measure
+        the bandwidth to a sink, and predict the migration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopEstimate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEstimate(self, request, context):
+        """The prediction from what was observed so far ("" : the latest estimate).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -282,6 +318,21 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.AttachFilter,
                     request_deserializer=liftshift_dot_v1_dot_control__pb2.AttachFilterRequest.FromString,
                     response_serializer=liftshift_dot_v1_dot_control__pb2.Vm.SerializeToString,
+            ),
+            'StartEstimate': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartEstimate,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.StartEstimateRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.Estimate.SerializeToString,
+            ),
+            'StopEstimate': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopEstimate,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.EstimateRef.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.Estimate.SerializeToString,
+            ),
+            'GetEstimate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEstimate,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.EstimateRef.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.EstimateReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -662,6 +713,87 @@ class Control:
             '/liftshift.v1.Control/AttachFilter',
             liftshift_dot_v1_dot_control__pb2.AttachFilterRequest.SerializeToString,
             liftshift_dot_v1_dot_control__pb2.Vm.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartEstimate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/StartEstimate',
+            liftshift_dot_v1_dot_control__pb2.StartEstimateRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.Estimate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopEstimate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/StopEstimate',
+            liftshift_dot_v1_dot_control__pb2.EstimateRef.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.Estimate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEstimate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/GetEstimate',
+            liftshift_dot_v1_dot_control__pb2.EstimateRef.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.EstimateReport.FromString,
             options,
             channel_credentials,
             insecure,
