@@ -72,7 +72,8 @@ static int is_kind(uint32_t flags) {
 
 /* The rules of records.py _slow_record(), in its order, for one record at
  * `o`.  Returns LS_CHECK_* and sets *size; *rec is NULL for a PAD record. */
-static int check_record(const uint8_t *buf, uint64_t n, uint64_t o, uint64_t expect, uint64_t disk_size,
+static int check_record(const uint8_t *buf, uint64_t n, uint64_t o, int have_expect, uint64_t expect,
+                        uint64_t disk_size,
                         ls_record_header *rec, int *is_pad, uint64_t *size) {
     if (n - o < 8)
         return LS_CHECK_MALFORMED;
@@ -102,7 +103,9 @@ static int check_record(const uint8_t *buf, uint64_t n, uint64_t o, uint64_t exp
         return LS_CHECK_MALFORMED;
     if (rec->seq == 0)
         return LS_CHECK_MALFORMED;
-    if (expect && rec->seq != expect)
+    /* have_expect, not expect != 0: after seq UINT64_MAX the next expected
+     * sequence wraps to 0, and no record may follow (records.py agrees). */
+    if (have_expect && rec->seq != expect)
         return LS_CHECK_MALFORMED;
     if (rec->flags == LS_FLAG_WRITE) {
         if (rec->paylen != rec->length || rec->length == 0)
@@ -137,7 +140,7 @@ int ls_frame_check(const uint8_t *buf, uint64_t n, uint64_t disk_size, ls_frame_
         ls_record_header rec;
         int pad = 0;
         uint64_t size = 0;
-        int rc = check_record(buf, n, o, expect, disk_size, &rec, &pad, &size);
+        int rc = check_record(buf, n, o, out->count > 0, expect, disk_size, &rec, &pad, &size);
         if (rc != LS_CHECK_OK) {
             out->error_at = o;
             return rc;

@@ -91,8 +91,14 @@ def _write_then_verify(disk_args: list[str], image: Path, tmp_path: Path, label:
     assert region_sha256(image, DATASET_MIB) == guest_sum, "the image does not hold what the guest read back"
     zeros = hashlib.sha256(bytes(CHURN_MIB << 20)).hexdigest()
     assert region_sha256(image, CHURN_MIB, DATASET_MIB) != zeros, "no steady write reached the image"
-    assert region_sha256(image, DISK_MIB - DATASET_MIB - CHURN_MIB, DATASET_MIB + CHURN_MIB) == hashlib.sha256(
-        bytes((DISK_MIB - DATASET_MIB - CHURN_MIB) << 20)).hexdigest(), "a write landed past the steady region"
+    # Right after the steady region: the dataset marker (mode=auto verifies when it is there), then zeros.
+    marker = f"LIFTSHIFT-DATASET seed={SEED} mib={DATASET_MIB}\n".encode()
+    with open(image, "rb") as f:
+        f.seek((DATASET_MIB + CHURN_MIB) << 20)
+        assert f.read(4096) == marker + bytes(4096 - len(marker)), "the dataset marker is not where init.sh puts it"
+    rest = DISK_MIB - DATASET_MIB - CHURN_MIB - 1
+    assert region_sha256(image, rest, DATASET_MIB + CHURN_MIB + 1) == hashlib.sha256(bytes(rest << 20)).hexdigest(), \
+        "a write landed past the steady region"
 
     verify = boot(disk_args, "verify", seed=SEED, dataset_mib=DATASET_MIB,
                   console=tmp_path / f"{label}-verify.console", timeout=BOOT_TIMEOUT_S)
