@@ -11,28 +11,7 @@ from liftshift.v1 import control_pb2 as cpb
 
 from .client import Client
 from .output import Output, clock
-from .units import fmt_bytes, fmt_duration, fmt_rate, parse_duration, parse_rate, parse_size
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _rate(text: str) -> int:
-    try:
-        return parse_rate(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+from .units import arg_duration, arg_rate, arg_size, fmt_bytes, fmt_duration, fmt_rate
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -49,15 +28,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                "--window 24h")
     s.add_argument("vms", nargs="+", metavar="VM", help="VM names (see `liftshift inventory`)")
     s.add_argument("--destination", "--dest", required=True, metavar="HOST:PORT", help="the destination sink")
-    s.add_argument("--window", type=_duration, default=0, metavar="DURATION",
+    s.add_argument("--window", type=arg_duration, default=0, metavar="DURATION",
                    help="how long to observe, e.g. 30m, 24h (default 24h: a full daily cycle)")
-    s.add_argument("--interval", type=_duration, default=0, metavar="DURATION",
+    s.add_argument("--interval", type=arg_duration, default=0, metavar="DURATION",
                    help="sample interval (default 10s)")
-    s.add_argument("--probe-bytes", type=_size, default=0, metavar="SIZE",
+    s.add_argument("--probe-bytes", type=arg_size, default=0, metavar="SIZE",
                    help="most data the bandwidth probe sends (default 256MiB)")
-    s.add_argument("--probe-time", type=_duration, default=0, metavar="DURATION",
+    s.add_argument("--probe-time", type=arg_duration, default=0, metavar="DURATION",
                    help="longest the bandwidth probe runs (default 10s)")
-    s.add_argument("--bandwidth", type=_rate, default=0, metavar="RATE",
+    s.add_argument("--bandwidth", type=arg_rate, default=0, metavar="RATE",
                    help="use this usable bandwidth (e.g. 100MB/s) instead of probing")
     s.set_defaults(run=start)
     st = acts.add_parser("stop", parents=[common], help="end an observation early (its samples stay)")

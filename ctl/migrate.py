@@ -15,21 +15,7 @@ from liftshift.v1 import control_pb2 as cpb
 from .client import Client
 from .cutover import reports_view
 from .output import Output, background, clock, copied, replication_label, state_text, vm_vdisks, yes_no
-from .units import fmt_bytes, fmt_duration, fmt_rate, parse_rate, parse_size
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _rate(text: str) -> int:
-    try:
-        return parse_rate(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+from .units import arg_rate, arg_size, fmt_bytes, fmt_duration, fmt_rate
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -47,10 +33,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     c.add_argument("--name", default="", help="a label for people (default: the id)")
     c.add_argument("--auto-cutover", action="store_true",
                    help="cut each VM over as soon as it converges, one after another")
-    c.add_argument("--converge-threshold", type=_size, default=0, metavar="SIZE",
+    c.add_argument("--converge-threshold", type=arg_size, default=0, metavar="SIZE",
                    help="a VM has converged when at most this much waits to be shipped "
                         "(e.g. 64MiB; default: the daemon's)")
-    c.add_argument("--throttle", type=_rate, default=0, metavar="RATE",
+    c.add_argument("--throttle", type=arg_rate, default=0, metavar="RATE",
                    help="throttle guest writes per disk until converged (e.g. 100MB/s; default: none)")
     c.add_argument("--start", action="store_true", help="start right away")
     c.set_defaults(run=create)

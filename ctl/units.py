@@ -8,8 +8,11 @@ Shown sizes always use IEC units (``64.0 MiB``), the unit a disk is sized in.
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 _FACTORS: dict[str, int] = {"": 1, "b": 1}
 for _i, _p in enumerate("kmgtp", start=1):
@@ -93,3 +96,22 @@ def fmt_percent(done: int, total: int) -> str:
     if total <= 0:
         return "100%"
     return f"{min(100.0, 100.0 * done / total):.0f}%"
+
+
+T = TypeVar("T")
+
+
+def _arg(parse: Callable[[str], T]) -> Callable[[str], T]:
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return convert
+
+
+# argparse ``type=`` converters: a bad value is a usage error naming it.
+arg_size = _arg(parse_size)
+arg_rate = _arg(parse_rate)
+arg_duration = _arg(parse_duration)

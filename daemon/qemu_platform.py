@@ -322,23 +322,13 @@ class QemuPlatform(Platform):
         await self.destinations.call(destination, "PrepareVm", req)
 
     async def power_on_destination(self, name: str, destination: str) -> None:
-        await self.destinations.call(destination, "PowerOnVm", dpb.DestinationVmRef(vm=name))
+        await self.destinations.power_on(destination, name)
 
     async def destination_power(self, name: str, destination: str) -> Power:
-        try:
-            got = await self.destinations.call(destination, "GetVm", dpb.DestinationVmRef(vm=name))
-        except NotFound:
-            return Power.NOT_CREATED
-        return {common_pb2.POWER_STATE_POWERED_ON: Power.ON,
-                common_pb2.POWER_STATE_POWERED_OFF: Power.OFF}.get(got.power_state, Power.NOT_CREATED)
+        return await self.destinations.power(destination, name)
 
     async def remove_destination(self, name: str, destination: str, migration_id: str) -> bool:
-        try:
-            await self.destinations.call(destination, "RemoveVm",
-                                         dpb.RemoveVmRequest(vm=name, migration_id=migration_id))
-        except NotFound:
-            return False
-        return True
+        return await self.destinations.remove(destination, name, migration_id)
 
     async def power_off_all(self) -> None:
         """Stop every running VM (``stop_vms_on_exit``); rings get their CLOSE."""

@@ -108,6 +108,26 @@ class DestinationClient:
                                   hint="check that the sink runs and its address") from None
             raise err from None
 
+    async def power_on(self, address: str, vm: str) -> None:
+        await self.call(address, "PowerOnVm", dpb.DestinationVmRef(vm=vm))
+
+    async def power(self, address: str, vm: str) -> Power:
+        """The VM's power state at the sink (NOT_CREATED when it is not defined there)."""
+        try:
+            got = await self.call(address, "GetVm", dpb.DestinationVmRef(vm=vm))
+        except NotFound:
+            return Power.NOT_CREATED
+        return {common_pb2.POWER_STATE_POWERED_ON: Power.ON,
+                common_pb2.POWER_STATE_POWERED_OFF: Power.OFF}.get(got.power_state, Power.NOT_CREATED)
+
+    async def remove(self, address: str, vm: str, migration_id: str) -> bool:
+        """Rollback: forget the VM at the sink (shadows kept); False if it was not defined."""
+        try:
+            await self.call(address, "RemoveVm", dpb.RemoveVmRequest(vm=vm, migration_id=migration_id))
+        except NotFound:
+            return False
+        return True
+
     async def close(self) -> None:
         for ch in self._channels.values():
             await ch.close()
@@ -288,26 +308,16 @@ class SimPlatform(Platform):
         await self.destinations.call(destination, "PrepareVm", req)
 
     async def power_on_destination(self, name: str, destination: str) -> None:
-        await self.destinations.call(destination, "PowerOnVm", dpb.DestinationVmRef(vm=name))
+        await self.destinations.power_on(destination, name)
 
     async def destination_power(self, name: str, destination: str) -> Power:
-        try:
-            got = await self.destinations.call(destination, "GetVm", dpb.DestinationVmRef(vm=name))
-        except NotFound:
-            return Power.NOT_CREATED
-        return {common_pb2.POWER_STATE_POWERED_ON: Power.ON,
-                common_pb2.POWER_STATE_POWERED_OFF: Power.OFF}.get(got.power_state, Power.NOT_CREATED)
+        return await self.destinations.power(destination, name)
 
     async def start_source(self, name: str) -> None:
         await self.power_on(name)
 
     async def remove_destination(self, name: str, destination: str, migration_id: str) -> bool:
-        try:
-            await self.destinations.call(destination, "RemoveVm",
-                                         dpb.RemoveVmRequest(vm=name, migration_id=migration_id))
-        except NotFound:
-            return False
-        return True
+        return await self.destinations.remove(destination, name, migration_id)
 
     async def power_off_all(self) -> None:
         """Stop every running sim VM (``stop_vms_on_exit``); rings get their CLOSE."""
