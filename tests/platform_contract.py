@@ -34,6 +34,31 @@ class ContractEnv:
     make_shadows: object
 
 
+async def open_shadows(platform: Platform, destination: str, vm: str, closed: bool) -> list[ShadowDisk]:
+    """Open a shadow vdisk at the sink for each disk of ``vm`` (m-contract.<vm>.<disk>);
+    with ``closed`` feed each one a write and the CLOSE barrier.  Bindings use it as make_shadows."""
+    from framegen import live, record
+    from sinkclient import channel, close, replicate
+
+    from liftshift.v1 import replication_pb2 as pb
+    from liftshift.v1 import replication_pb2_grpc
+
+    info = await platform.vm(vm)
+    ch = channel(destination)
+    stub = replication_pb2_grpc.ReplicationStub(ch)
+    out = []
+    for d in info.disks:
+        vid = f"m-contract.{vm}.{d.name}"
+        await stub.OpenVdisk(pb.OpenVdiskRequest(vdisk_id=vid, size_bytes=d.size, migration_id="m-contract"))
+        if closed:
+            batch = live([record(1, 0, b"x" * 512, flags=FLAG_WRITE), record(2, 0, flags=FLAG_CLOSE)], 1)
+            acks = await replicate(stub, vid, [batch.frame, close(2)])
+            assert acks[-1].closed
+        out.append(ShadowDisk(d.name, vid))
+    await ch.close()
+    return out
+
+
 def _records(ring: str, timeout: float = 10.0, until_close: bool = False) -> list:
     out = []
     deadline = time.monotonic() + timeout

@@ -14,18 +14,13 @@ from pathlib import Path
 
 import pytest
 from e2e import free_port
-from framegen import FLAG_WRITE, live, record
 from guestimage import build_initramfs, guest_append, guest_kernel
-from platform_contract import ContractEnv, PlatformContract
+from platform_contract import ContractEnv, PlatformContract, open_shadows
 from procs import python_module, start_process
-from sinkclient import channel, close, replicate
 
 from liftshift.daemon.platform import ShadowDisk
 from liftshift.daemon.qemu_platform import QemuPlatform
 from liftshift.daemon.settings import QemuConfig, QemuDisk, QemuVm
-from liftshift.iofilter.ring import FLAG_CLOSE
-from liftshift.v1 import replication_pb2 as pb
-from liftshift.v1 import replication_pb2_grpc
 
 MiB = 1 << 20
 BOOT_S = 120.0
@@ -78,20 +73,7 @@ async def env(tmp_path: Path, shm_dir: Path, request: pytest.FixtureRequest) -> 
     destination = f"127.0.0.1:{port}"
 
     async def make_shadows(vm: str, closed: bool) -> list[ShadowDisk]:
-        info = await platform.vm(vm)
-        ch = channel(destination)
-        stub = replication_pb2_grpc.ReplicationStub(ch)
-        out = []
-        for d in info.disks:
-            vid = f"m-contract.{vm}.{d.name}"
-            await stub.OpenVdisk(pb.OpenVdiskRequest(vdisk_id=vid, size_bytes=d.size, migration_id="m-contract"))
-            if closed:
-                batch = live([record(1, 0, b"x" * 512, flags=FLAG_WRITE), record(2, 0, flags=FLAG_CLOSE)], 1)
-                acks = await replicate(stub, vid, [batch.frame, close(2)])
-                assert acks[-1].closed
-            out.append(ShadowDisk(d.name, vid))
-        await ch.close()
-        return out
+        return await open_shadows(platform, destination, vm, closed)
 
     yield ContractEnv(platform, "running-1", "stopped-1", destination, make_shadows)
     await platform.power_off_all()

@@ -16,10 +16,8 @@ from pathlib import Path
 import pytest
 from e2e import free_port
 from esxhost import EsxHost, make_vm
-from framegen import FLAG_WRITE, live, record
-from platform_contract import ContractEnv, PlatformContract
+from platform_contract import ContractEnv, PlatformContract, open_shadows
 from procs import python_module, start_process
-from sinkclient import channel, close, replicate
 from vcsim import Vcsim, start_vcsim
 
 from liftshift.daemon.errors import FailedPrecondition, NotFound, Unauthenticated
@@ -27,9 +25,6 @@ from liftshift.daemon.platform import Power, ShadowDisk
 from liftshift.daemon.settings import VsphereConfig, VsphereSide
 from liftshift.daemon.vsphere import NotCapturable
 from liftshift.daemon.vsphere_platform import VspherePlatform
-from liftshift.iofilter.ring import FLAG_CLOSE
-from liftshift.v1 import replication_pb2 as pb
-from liftshift.v1 import replication_pb2_grpc
 
 MiB = 1 << 20
 
@@ -67,23 +62,6 @@ def sites(tmp_path: Path, shm_dir: Path, request: pytest.FixtureRequest) -> Site
                          ring_dir=shm_dir, ring_capacity=1 * MiB, capture_wait_s=15, close_wait_s=15)
     vcfg.check()
     return Sites(src, dst, host, f"127.0.0.1:{port}", vcfg)
-
-
-async def open_shadows(platform: VspherePlatform, destination: str, vm: str, closed: bool) -> list[ShadowDisk]:
-    info = await platform.vm(vm)
-    ch = channel(destination)
-    stub = replication_pb2_grpc.ReplicationStub(ch)
-    out = []
-    for d in info.disks:
-        vid = f"m-contract.{vm}.{d.name}"
-        await stub.OpenVdisk(pb.OpenVdiskRequest(vdisk_id=vid, size_bytes=d.size, migration_id="m-contract"))
-        if closed:
-            batch = live([record(1, 0, b"x" * 512, flags=FLAG_WRITE), record(2, 0, flags=FLAG_CLOSE)], 1)
-            acks = await replicate(stub, vid, [batch.frame, close(2)])
-            assert acks[-1].closed
-        out.append(ShadowDisk(d.name, vid))
-    await ch.close()
-    return out
 
 
 @pytest.fixture
