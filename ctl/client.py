@@ -121,6 +121,21 @@ class Client:
         """
         return await self._call(self.stub.AttachFilter, cpb.AttachFilterRequest(vm=vm))
 
+    # ---- seeds ---------------------------------------------------------------
+
+    async def export_seed(self, vm: str, directory: str) -> cpb.Seed:
+        """Start exporting ``vm``'s disks into ``directory`` (a path on the daemon's host)."""
+        return await self._call(self.stub.ExportSeed, cpb.ExportSeedRequest(vm=vm, directory=directory))
+
+    async def list_seeds(self, seed_id: str = "") -> list[cpb.Seed]:
+        """Every seed, or the one called ``seed_id``."""
+        resp = await self._call(self.stub.ListSeeds, cpb.SeedRef(seed_id=seed_id))
+        return list(resp.seeds)
+
+    async def drop_seed(self, seed_id: str) -> cpb.Seed:
+        """Stop tracking a seed's VM (its files stay)."""
+        return await self._call(self.stub.DropSeed, cpb.SeedRef(seed_id=seed_id))
+
     # ---- estimator -----------------------------------------------------------
 
     async def start_estimate(self, vms: Sequence[str], destination: str, *, window_s: float = 0.0,
@@ -158,10 +173,13 @@ class Client:
 
     async def create_migration(self, vms: Sequence[str], destination: str, *, name: str = "",
                                auto_cutover: bool = False, converge_threshold_bytes: int = 0,
-                               throttle_bytes_per_s: int = 0, start: bool = False) -> cpb.Migration:
-        """Define a live migration of ``vms`` to the sink at ``destination`` (host:port)."""
+                               throttle_bytes_per_s: int = 0, start: bool = False,
+                               seeded: bool = False) -> cpb.Migration:
+        """Define a migration of ``vms`` to the sink at ``destination`` (host:port): live, or
+        ``seeded`` from each VM's exported and imported seed."""
         req = cpb.CreateMigrationRequest(name=name, vms=list(vms), destination=destination,
-                                         type=cpb.MIGRATION_TYPE_LIVE, auto_cutover=auto_cutover,
+                                         type=cpb.MIGRATION_TYPE_SEEDED if seeded else cpb.MIGRATION_TYPE_LIVE,
+                                         auto_cutover=auto_cutover,
                                          converge_threshold_bytes=converge_threshold_bytes,
                                          throttle_bytes_per_s=throttle_bytes_per_s, start=start)
         return await self._call(self.stub.CreateMigration, req)

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         "(e.g. 64MiB; default: the daemon's)")
     c.add_argument("--throttle", type=arg_rate, default=0, metavar="RATE",
                    help="throttle guest writes per disk until converged (e.g. 100MB/s; default: none)")
+    c.add_argument("--type", choices=("live", "seeded"), default="live",
+                   help="live (default), or seeded: start from each VM's seed (see `liftshift seed`), so only "
+                        "what changed since the export crosses the network")
     c.add_argument("--start", action="store_true", help="start right away")
     c.set_defaults(run=create)
 
@@ -79,7 +82,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 async def create(args: argparse.Namespace, client: Client, out: Output) -> int:
     m = await client.create_migration(args.vms, args.dest, name=args.name, auto_cutover=args.auto_cutover,
                                       converge_threshold_bytes=args.converge_threshold,
-                                      throttle_bytes_per_s=args.throttle, start=args.start)
+                                      throttle_bytes_per_s=args.throttle, start=args.start,
+                                      seeded=args.type == "seeded")
     if out.json:
         out.emit(m)
         return 0

@@ -19,11 +19,13 @@ import grpc
 from liftshift.v1 import common_pb2, control_pb2_grpc
 from liftshift.v1 import control_pb2 as cpb
 
+from . import seedfile
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .estimator import EstimateRec, Estimates
 from .lifecycle import FINAL
 from .migrations import Migrations
 from .platform import Platform, Power, VmInfo
+from .seed import SeedRec, Seeds
 from .vdisk import VdiskReplicator
 
 _STATES = {"copying": cpb.REPLICATION_STATE_COPYING, "converged": cpb.REPLICATION_STATE_CONVERGED,
@@ -93,8 +95,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
 
     def __init__(self, replicators: dict[str, VdiskReplicator], platform: Platform | None = None,
                  migrations: Migrations | None = None, estimates: Estimates | None = None,
-                 assumptions: Callable[[], Any] | None = None) -> None:
+                 assumptions: Callable[[], Any] | None = None, seeds: Seeds | None = None) -> None:
         self.replicators = replicators
+        self.seeds = seeds
         self.platform = platform
         self.migrations = migrations
         self.estimates = estimates
@@ -153,6 +156,28 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             raise InvalidArgument("say which VM")
         return self._vm_pb(await attach(request.vm))
 
+    # -- seeds -----------------------------------------------------------------
+
+    def _s(self) -> Seeds:
+        if self.seeds is None:
+            raise FailedPrecondition("this daemon runs no platform")
+        return self.seeds
+
+    async def ExportSeed(self, request: cpb.ExportSeedRequest, context: grpc.aio.ServicerContext) -> cpb.Seed:
+        s = self._s()
+        return seed_pb(s, await s.export(request.vm, request.directory))
+
+    async def ListSeeds(self, request: cpb.SeedRef, context: grpc.aio.ServicerContext) -> cpb.ListSeedsResponse:
+        s = self._s()
+        recs = [s.get(request.seed_id)] if request.seed_id else sorted(s.recs.values(), key=lambda r: r.created)
+        return cpb.ListSeedsResponse(seeds=[seed_pb(s, r) for r in recs])
+
+    async def DropSeed(self, request: cpb.SeedRef, context: grpc.aio.ServicerContext) -> cpb.Seed:
+        s = self._s()
+        if not request.seed_id:
+            raise InvalidArgument("say which seed")
+        return seed_pb(s, await s.drop(request.seed_id))
+
     # -- estimator -------------------------------------------------------------
 
     def _e(self) -> Estimates:
@@ -164,6 +189,11 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                             context: grpc.aio.ServicerContext) -> cpb.Estimate:
         if not _ADDRESS.match(request.destination):
             raise InvalidArgument(f"destination {request.destination!r} is not host:port")
+        for vm in request.vms:
+            seed = self.seeds.tracking(vm) if self.seeds is not None else None
+            if seed is not None:
+                raise FailedPrecondition(f"VM {vm!r} has seed {seed.id} ({seed.state}) tracking its writes",
+                                         hint="estimate it before exporting a seed, or drop the seed")
         rec = await self._e().start(list(request.vms), request.destination, request.window_seconds or 86400.0,
                                     request.interval_seconds or 10.0, request.probe_bytes or 256 << 20,
                                     request.probe_seconds or 10.0, request.bandwidth_bytes_per_s)
@@ -230,6 +260,18 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
 # -- estimator reports ------------------------------------------------------------
 
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$")
+
+
+def seed_pb(seeds: Seeds, rec: SeedRec) -> cpb.Seed:
+    out = cpb.Seed(id=rec.id, vm=rec.vm, directory=rec.directory, state=rec.state, created_at=rec.created,
+                   exported_at=rec.exported_at, chunk_size=rec.chunk_size, error=rec.error,
+                   migration_id=rec.migration_id)
+    for d in rec.disks:
+        out.disks.add(name=d.name, vdisk_id=d.vdisk_id, size_bytes=d.size,
+                      exported_bytes=min(d.size, d.done_chunks * rec.chunk_size), data_bytes=d.data_bytes,
+                      dirty_bytes=seeds.dirty_bytes(rec, d), tracked_seq=seeds.tracked_seq(rec, d),
+                      file=seedfile.image_name(d.vdisk_id))
+    return out
 
 
 def estimate_pb(rec: EstimateRec) -> cpb.Estimate:

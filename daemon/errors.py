@@ -128,7 +128,7 @@ def error_class(name: str) -> type[LiftshiftError] | None:
         # Subclasses defined in other modules exist only once imported: make
         # sure every module that defines one is, whoever the caller is.  The
         # vSphere ones pull in pyvmomi, so only when the name is still unknown.
-        from . import audit, lifecycle, vmdk  # noqa: F401
+        from . import audit, lifecycle, seedfile, vmdk  # noqa: F401
 
         _register(LiftshiftError)
         if name not in _BY_NAME:

@@ -16,6 +16,7 @@ from .errors import LiftshiftError
 from .estimator import Estimates
 from .migrations import Migrations
 from .platform import Platform
+from .seed import Seeds
 from .settings import DaemonConfig
 from .sim import SimPlatform
 from .state import StateStore
@@ -47,6 +48,17 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
     migrations = Migrations(cfg, store, platform, replicators)
     estimates = Estimates(store, platform, cfg.max_message)
     migrations.before_capture = estimates.release_vm  # a migration takes a VM's rings over
+    seeds = Seeds(cfg, store, platform)
+    migrations.seeds = seeds
+
+    def busy(vm: str) -> str | None:
+        m = migrations.migration_of(vm)
+        if m is not None:
+            return f"is in migration {m.id} ({m.state})"
+        e = estimates.observing(vm)
+        return f"is being observed by estimate {e.id}" if e is not None else None
+
+    seeds.busy = busy
 
     async def start():  # type: ignore[no-untyped-def]
         for spec in cfg.replicate:
@@ -65,12 +77,13 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
                                                else platform.typical_power_on_s)
 
         control_pb2_grpc.add_ControlServicer_to_server(
-            ControlServicer(replicators, platform, migrations, estimates, assumptions), server)
+            ControlServicer(replicators, platform, migrations, estimates, assumptions, seeds), server)
         names = [control_pb2.DESCRIPTOR.services_by_name["Control"].full_name]
         hs = service.add_health_and_reflection(server, names)
         port = server.add_insecure_port(cfg.listen)
         if port == 0:
             raise LiftshiftError(f"cannot listen on {cfg.listen}")
+        await seeds.resume()  # before migrations: a seeded VM's first start takes its tracker over
         await migrations.start()
         await estimates.resume()
         await server.start()
@@ -90,6 +103,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
         async def stop() -> None:
             await server.stop(5)
             await estimates.stop_all()
+            await seeds.stop_all()
             await migrations.stop()
             for r in replicators.values():
                 await r.stop()

@@ -35,7 +35,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from liftshift.iofilter import RingConsumer
 from liftshift.v1 import control_pb2 as cpb
 
 from . import cutover
@@ -46,6 +48,9 @@ from .settings import DaemonConfig, ReplicateSpec
 from .state import StateStore
 from .vdisk import VdiskReplicator
 from .verifymap import VerifyMap
+
+if TYPE_CHECKING:
+    from .seed import SeedRec, Seeds
 
 log = logging.getLogger("liftshift.daemon.migrations")
 
@@ -79,6 +84,10 @@ class VdiskRec:
     size: int
     image: str
     ring: str
+    # Seeded migration: the shadow is bound at the sink at this ring sequence
+    # (-1 until the seed has been handed over).
+    seed_id: str = ""
+    seed_base_seq: int = -1
 
 
 @dataclass
@@ -90,6 +99,7 @@ class VmRec:
     disks: list[VdiskRec]
     error: str = ""
     report: dict[str, object] | None = None
+    seed_id: str = ""  # seeded migration: the seed this VM starts from
 
 
 @dataclass
@@ -105,6 +115,7 @@ class MigrationRec:
     created: float
     updated: float
     vms: list[VmRec] = field(default_factory=list)
+    type: str = "live"  # or "seeded"
 
     @property
     def state(self) -> State:
@@ -117,7 +128,8 @@ class MigrationRec:
     def from_json(cls, text: str) -> MigrationRec:
         d = json.loads(text)
         vms = [VmRec(vm=v["vm"], state=State(v["state"]), disks=[VdiskRec(**x) for x in v["disks"]],
-                     error=v.get("error", ""), report=v.get("report")) for v in d.pop("vms")]
+                     error=v.get("error", ""), report=v.get("report"), seed_id=v.get("seed_id", ""))
+               for v in d.pop("vms")]
         return cls(**d, vms=vms)
 
 
@@ -144,6 +156,7 @@ class Migrations:
         self._lock = asyncio.Lock()
         self._cutovers: dict[tuple[str, str], asyncio.Task[cpb.CutoverReport]] = {}
         self._group_tasks: set[asyncio.Task[object]] = set()
+        self.seeds: Seeds | None = None
         # Called with a VM's name before its capture is attached (the estimator lets go of its rings).
         self.before_capture: Callable[[str], Awaitable[None]] | None = None
         self._subs: set[asyncio.Queue[cpb.MigrationEvent]] = set()
@@ -216,9 +229,9 @@ class Migrations:
 
     async def create(self, req: cpb.CreateMigrationRequest) -> MigrationRec:
         """Check everything, then record a new migration (and start it if asked)."""
-        if req.type not in (cpb.MIGRATION_TYPE_UNSPECIFIED, cpb.MIGRATION_TYPE_LIVE):
-            raise InvalidArgument(f"migration type {cpb.MigrationType.Name(req.type)} is not available",
-                                  hint="use a live migration")
+        if req.type not in (cpb.MIGRATION_TYPE_UNSPECIFIED, cpb.MIGRATION_TYPE_LIVE, cpb.MIGRATION_TYPE_SEEDED):
+            raise InvalidArgument(f"migration type {req.type} is not known", hint="live or seeded")
+        seeded = req.type == cpb.MIGRATION_TYPE_SEEDED
         names = list(req.vms)
         if not names:
             raise InvalidArgument("a migration needs at least one VM")
@@ -239,6 +252,7 @@ class Migrations:
                     raise FailedPrecondition(f"VM {n!r} is already in migration {other.id} ({other.state})",
                                              hint=f"abort {other.id} first, or wait until it completes")
             await self._check_destination(req.destination)
+            seeds = await self._check_seeds(names, req.destination, seeded)
             mid = "m-" + secrets.token_hex(4)
             while mid in self.recs:
                 mid = "m-" + secrets.token_hex(4)
@@ -246,11 +260,19 @@ class Migrations:
             m = MigrationRec(id=mid, name=req.name or mid, destination=req.destination,
                              auto_cutover=req.auto_cutover,
                              threshold=req.converge_threshold_bytes or self.cfg.converge_threshold,
-                             throttle=req.throttle_bytes_per_s, created=now, updated=now)
+                             throttle=req.throttle_bytes_per_s, created=now, updated=now,
+                             type="seeded" if seeded else "live")
             for info in infos:
-                disks = [VdiskRec(name=d.name, vdisk_id=f"{mid}.{_id_part(info.name)}.{_id_part(d.name)}", size=d.size,
-                                  image=str(d.image), ring=str(d.ring)) for d in info.disks]
-                m.vms.append(VmRec(vm=info.name, state=State.CREATED, disks=disks))
+                seed = seeds.get(info.name)
+                if seed is not None:
+                    # The shadows are the ones the seed was imported into.
+                    disks = [VdiskRec(name=d.name, vdisk_id=d.vdisk_id, size=d.size, image=d.image, ring=d.ring,
+                                      seed_id=seed.id) for d in seed.disks]
+                else:
+                    disks = [VdiskRec(name=d.name, vdisk_id=f"{mid}.{_id_part(info.name)}.{_id_part(d.name)}",
+                                      size=d.size, image=str(d.image), ring=str(d.ring)) for d in info.disks]
+                m.vms.append(VmRec(vm=info.name, state=State.CREATED, disks=disks,
+                                   seed_id=seed.id if seed is not None else ""))
             self.recs[mid] = m
             self._save(m)
             log.info("migration %s created: %s -> %s", mid, ", ".join(names), req.destination)
@@ -258,6 +280,48 @@ class Migrations:
         if req.start:
             await self.start_migration(mid)
         return m
+
+    async def _check_seeds(self, names: list[str], destination: str, seeded: bool) -> dict[str, SeedRec]:
+        """Seeded: every VM has an exported seed, imported completely at the
+        destination and not bound yet.  Live: no VM's writes are being
+        tracked for a seed (two consumers of one ring would lose writes)."""
+        out: dict[str, SeedRec] = {}
+        seeds = self.seeds
+        if not seeded:
+            for n in names:
+                rec = seeds.tracking(n) if seeds is not None else None
+                if rec is not None:
+                    raise FailedPrecondition(f"VM {n!r} has seed {rec.id} ({rec.state}) tracking its writes",
+                                             hint=f"migrate it with --type seeded, or `liftshift seed drop {rec.id}`")
+            return out
+        if seeds is None:
+            raise FailedPrecondition("this daemon has no seeds")
+        for n in names:
+            rec = seeds.tracking(n)
+            if rec is None:
+                raise FailedPrecondition(f"VM {n!r} has no seed", hint=f"`liftshift seed export {n} --to DIR`, ship "
+                                         "DIR, `liftshift seed import DIR --sink ...` at the destination")
+            if rec.state != "exported":
+                raise FailedPrecondition(f"seed {rec.id} of VM {n!r} is still {rec.state}",
+                                         hint="wait until `liftshift seed list` shows it exported")
+            out[n] = rec
+        shadows = {v.vdisk_id: v for v in await seeds.sink_vdisks(destination)}
+        for n, rec in out.items():
+            for d in rec.disks:
+                got = shadows.get(d.vdisk_id)
+                if got is None:
+                    there = sorted({v.seed_id for v in shadows.values() if v.seed_id and not v.migration_id})
+                    raise FailedPrecondition(
+                        f"seed {rec.id} of VM {n!r} has not been imported at {destination} (no shadow {d.vdisk_id})",
+                        hint=f"run `liftshift seed import DIR --sink {destination}` with that seed's directory"
+                        + (f"; the sink holds seeds {', '.join(there)} of other exports" if there else ""))
+                if got.migration_id:
+                    raise FailedPrecondition(f"shadow {d.vdisk_id} at {destination} already belongs to migration "
+                                             f"{got.migration_id}")
+                if not got.seed_imported:
+                    raise FailedPrecondition(f"the import of seed {rec.id} into {d.vdisk_id} at {destination} did "
+                                             "not finish", hint="run `liftshift seed import` again")
+        return out
 
     async def _check_destination(self, address: str) -> None:
         """The sink must answer before a migration is recorded against it."""
@@ -620,10 +684,31 @@ class Migrations:
                 if sizes.get(d.name) != d.size:
                     raise FailedPrecondition(f"VM {v.vm}: disk {d.name} is now {sizes.get(d.name)} bytes, the "
                                              f"migration was created for {d.size}")
+        if v.seed_id and any(d.seed_base_seq < 0 for d in v.disks):
+            await self._hand_over_seed(m, v)
         for d in v.disks:
             if d.vdisk_id not in self.replicators:
                 await self._start_replicator(m, d)
         self._throttle(m, v, m.throttle if v.state is State.SYNCING else 0)
+
+    async def _hand_over_seed(self, m: MigrationRec, v: VmRec) -> None:
+        """First start of a seeded VM: the seed's tracker gives way to the
+        replicators, which start from what differs (see liftshift.daemon.seed)."""
+        if self.seeds is None:
+            raise FailedPrecondition("this daemon has no seeds")
+        # The replicators' background chunk (VdiskReplicator: at least the ring's unit).
+        units = []
+        for d in v.disks:
+            with RingConsumer(d.ring) as c:
+                units.append(c.geometry.chunk_size)
+        bg_chunk = max([self.cfg.chunk_size, *units])
+        plans = await self.seeds.handover(v.seed_id, v.vm, m.destination, m.id, bg_chunk)
+        for d in v.disks:
+            plan = plans[d.name]
+            self.store.save(d.vdisk_id, d.size, m.destination, False, plan.todo, plan.dirty, 0, 0)
+            d.seed_base_seq = plan.base_seq
+        self._save(m)
+        log.info("migration %s: VM %s starts from seed %s", m.id, v.vm, v.seed_id)
 
     async def _start_replicator(self, m: MigrationRec, d: VdiskRec) -> VdiskReplicator:
         spec = ReplicateSpec(vdisk_id=d.vdisk_id, ring=Path(d.ring),
@@ -633,6 +718,8 @@ class Migrations:
         except (OSError, LiftshiftError) as e:
             raise FailedPrecondition(f"cannot replicate {d.vdisk_id}: {e}") from None
         r.verify_map = self._vmap(d)
+        if d.seed_id and d.seed_base_seq >= 0:
+            r.seed = (d.seed_id, d.seed_base_seq)
         self.replicators[d.vdisk_id] = r
         r.start()
         return r
@@ -676,12 +763,14 @@ class Migrations:
             dirty_bytes=r.core.dirty_bytes, backlog_bytes=backlog, lag_seconds=r.lag_seconds(),
             bandwidth_bytes_per_s=bps, eta_seconds=(backlog / bps if bps > 0 else (0.0 if backlog == 0 else -1.0)),
             resent_bytes=p.resent_bytes, ring_overflows=r.consumer.counters()["overflows"],
+            chunk_bytes_sent=p.chunk_bytes_sent,
             last_error=r.stats.last_error, verified_bytes=min(d.size, self._vmap(d).verified_count() * VERIFY_CHUNK),
             verified_once=self._vmap(d).first_pass_done())
 
     def describe(self, m: MigrationRec) -> cpb.Migration:
         """The Migration message for ``m``."""
-        out = cpb.Migration(id=m.id, name=m.name, type=cpb.MIGRATION_TYPE_LIVE, destination=m.destination,
+        mtype = cpb.MIGRATION_TYPE_SEEDED if m.type == "seeded" else cpb.MIGRATION_TYPE_LIVE
+        out = cpb.Migration(id=m.id, name=m.name, type=mtype, destination=m.destination,
                             state=_STATE_PB[m.state], auto_cutover=m.auto_cutover,
                             converge_threshold_bytes=m.threshold, throttle_bytes_per_s=m.throttle,
                             created_at=m.created, updated_at=m.updated)

@@ -53,6 +53,21 @@ CREATE TABLE IF NOT EXISTS estimate_sample (
     dirty_chunks INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS estimate_sample_by_id ON estimate_sample (estimate_id, t);
+CREATE TABLE IF NOT EXISTS seed (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seed_disk (
+    seed_id TEXT NOT NULL,
+    disk TEXT NOT NULL,
+    done_chunks INTEGER NOT NULL DEFAULT 0,
+    data_bytes INTEGER NOT NULL DEFAULT 0,
+    hashes BLOB,
+    tracked_seq INTEGER NOT NULL DEFAULT 0,
+    dirty BLOB,
+    PRIMARY KEY (seed_id, disk)
+);
 CREATE TABLE IF NOT EXISTS estimate_seen (
     estimate_id TEXT NOT NULL,
     vm TEXT NOT NULL,
@@ -163,6 +178,46 @@ class StateStore:
             row = self._db.execute("SELECT seen FROM estimate_seen WHERE estimate_id=? AND vm=? AND disk=?",
                                    (estimate_id, vm, disk)).fetchone()
         return bytes(row[0]) if row else None
+
+    def save_seed(self, seed_id: str, body: str) -> None:
+        """Store a seed's record (JSON, written by the seed module)."""
+        with self._lock:
+            self._db.execute("INSERT INTO seed (id, body, updated) VALUES (?,?,?) ON CONFLICT(id) DO UPDATE "
+                             "SET body=excluded.body, updated=excluded.updated", (seed_id, body, time.time()))
+
+    def load_seeds(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT body FROM seed ORDER BY updated")]
+
+    def save_seed_export(self, seed_id: str, disk: str, done_chunks: int, data_bytes: int, hashes: bytes) -> None:
+        """How far a disk's export got: chunks written (and fdatasync'ed) and their hashes."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO seed_disk (seed_id, disk, done_chunks, data_bytes, hashes) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(seed_id, disk) DO UPDATE SET done_chunks=excluded.done_chunks, "
+                "data_bytes=excluded.data_bytes, hashes=excluded.hashes", (seed_id, disk, done_chunks, data_bytes,
+                                                                           hashes))
+
+    def seed_export(self, seed_id: str, disk: str) -> tuple[int, int, bytes]:
+        """(done_chunks, data_bytes, hashes) of a disk's export; zeros when it has not started."""
+        with self._lock:
+            row = self._db.execute("SELECT done_chunks, data_bytes, hashes FROM seed_disk WHERE seed_id=? AND disk=?",
+                                   (seed_id, disk)).fetchone()
+        return (row[0], row[1], row[2] or b"") if row else (0, 0, b"")
+
+    def save_seed_track(self, seed_id: str, disk: str, tracked_seq: int, dirty: list[int]) -> None:
+        """Writes tracked so far: the last ring sequence taken and the dirty units (before the ring is released)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO seed_disk (seed_id, disk, tracked_seq, dirty) VALUES (?,?,?,?) "
+                "ON CONFLICT(seed_id, disk) DO UPDATE SET tracked_seq=excluded.tracked_seq, dirty=excluded.dirty",
+                (seed_id, disk, tracked_seq, _pack(dirty)))
+
+    def seed_track(self, seed_id: str, disk: str) -> tuple[int, list[int]]:
+        with self._lock:
+            row = self._db.execute("SELECT tracked_seq, dirty FROM seed_disk WHERE seed_id=? AND disk=?",
+                                   (seed_id, disk)).fetchone()
+        return (row[0], _unpack(row[1])) if row else (0, [])
 
     def close(self) -> None:
         with self._lock:

@@ -144,6 +144,8 @@ class VdiskReplicator:
         # Set by a migration: chunks proven identical ahead of cutover, which
         # everything shipped from here on un-proves (see verifymap).
         self.verify_map: VerifyMap | None = None
+        # Set by a seeded migration: (seed id, ring sequence the imported shadow starts after).
+        self.seed: tuple[str, int] | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -203,8 +205,10 @@ class VdiskReplicator:
 
     async def _session(self) -> None:
         stub = await self._open()
+        seed_id, base = self.seed or ("", 0)
         opened = await stub.OpenVdisk(pb.OpenVdiskRequest(vdisk_id=self.spec.vdisk_id, size_bytes=self.size,
-                                                          migration_id=self.spec.migration_id), timeout=30)
+                                                          migration_id=self.spec.migration_id, seed_id=seed_id,
+                                                          seed_base_seq=base), timeout=30)
         if not self.known:
             # First contact: a shadow created just now reads as zeros, so
             # holes in the source need not be sent at all.

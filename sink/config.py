@@ -47,6 +47,8 @@ class SinkConfig:
                                        "earlier ones are applied and synced (at least one frame always fits).",
                              size=True)
     max_hash_chunks: int = doc(65536, "Most chunks one HashRanges call may ask for.")
+    reserve_free_bytes: int = doc(1 << 30, "Free space a seed import leaves in `data_dir`: an import whose data "
+                                           "would eat into it is refused before anything is written.", size=True)
     shutdown_grace_s: float = doc(5.0, "On SIGTERM, seconds in-flight RPCs get to finish before they are "
                                        "cancelled; everything applied is then synced.")
     log_level: str = doc("info", "Log level: debug, info, warning or error.")
@@ -76,6 +78,8 @@ class SinkConfig:
             raise ConfigError(f"key 'stream_buffer': expected at least {MIN_MESSAGE} bytes, got {self.stream_buffer}")
         if not 1 <= self.max_hash_chunks <= 1 << 20:
             raise ConfigError(f"key 'max_hash_chunks': expected 1 to {1 << 20}, got {self.max_hash_chunks}")
+        if self.reserve_free_bytes < 0:
+            raise ConfigError(f"key 'reserve_free_bytes': must not be negative, got {self.reserve_free_bytes}")
         if not 0 <= self.shutdown_grace_s <= 3600:
             raise ConfigError(f"key 'shutdown_grace_s': expected 0-3600, got {self.shutdown_grace_s}")
         if self.log_level.lower() not in LOG_LEVELS:

@@ -23,8 +23,9 @@ the durable position when the next stream takes the shadow over.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from liftshift.daemon.errors import AlreadyExists, FailedPrecondition, Liftshift
 from .apply import VdiskApplier
 from .disk import FileDisk
 from .shadow import ShadowPaths, allocated_bytes, check_vdisk_id, create_shadow, open_flat
-from .state import SinkState, VdiskRow
+from .state import SEED_IMPORTED, SinkState, VdiskRow
 from .stream import ReplicateSession
 
 log = logging.getLogger("liftshift.sink.registry")
@@ -94,6 +95,7 @@ class VdiskRegistry:
         self.state = state
         self.data_dir = data_dir
         self._open: dict[str, Shadow] = {}
+        self._importing: set[str] = set()
         self._lock = asyncio.Lock()
         self._closing = False
 
@@ -101,11 +103,17 @@ class VdiskRegistry:
         if self._closing:
             raise Unavailable("the sink is shutting down", hint="retry against the restarted sink")
 
-    async def open(self, vdisk_id: str, size: int, migration_id: str) -> tuple[Shadow, bool]:
-        """Create or reopen a shadow; True when it was created by this call."""
+    async def open(self, vdisk_id: str, size: int, migration_id: str, seed_id: str = "",
+                   seed_base_seq: int = 0) -> tuple[Shadow, bool]:
+        """Create or reopen a shadow; True when it was created by this call.
+
+        With ``seed_id`` the shadow must have been imported from that seed;
+        the first such open binds it to ``migration_id`` at ``seed_base_seq``."""
         self._check_open()
         async with self._lock:
             row = self.state.get(vdisk_id)
+            if seed_id:
+                row = await self._bind_seed(row, vdisk_id, size, migration_id, seed_id, seed_base_seq)
             if row is not None:
                 if (row.size_bytes, row.migration_id) != (size, migration_id):
                     raise AlreadyExists(
@@ -121,6 +129,54 @@ class VdiskRegistry:
                                           paths.descriptor)
             log.info("vdisk %s: created %d-byte shadow %s (migration %r)", vdisk_id, size, paths.flat, migration_id)
             return self._load(row), True
+
+    async def _bind_seed(self, row: VdiskRow | None, vdisk_id: str, size: int, migration_id: str, seed_id: str,
+                         base_seq: int) -> VdiskRow:
+        if row is None:
+            raise FailedPrecondition(f"seed {seed_id}: vdisk {vdisk_id!r} has not been imported at this sink",
+                                     hint="run `liftshift seed import DIR --sink ...` with the seed's directory")
+        if row.seed_id != seed_id:
+            got = f"seed {row.seed_id}" if row.seed_id else "no seed"
+            raise FailedPrecondition(f"vdisk {vdisk_id!r} holds {got}; the migration expects seed {seed_id}")
+        if row.seed_state != SEED_IMPORTED:
+            raise FailedPrecondition(f"seed {seed_id}: the import of vdisk {vdisk_id!r} did not finish",
+                                     hint="run `liftshift seed import` again")
+        if row.migration_id:
+            return row  # bound already: the usual reopen checks follow
+        if row.size_bytes != size:
+            raise AlreadyExists(f"vdisk {vdisk_id!r} was imported with size {row.size_bytes}, asked for {size}")
+        if vdisk_id in self._importing:
+            raise FailedPrecondition(f"seed {seed_id}: vdisk {vdisk_id!r} is being imported right now")
+        await asyncio.to_thread(self.state.bind_seed, vdisk_id, migration_id, base_seq)
+        self.forget(vdisk_id)  # an applier opened before (HashRanges) starts from 0
+        log.info("vdisk %s: seed %s bound to migration %s at seq %d", vdisk_id, seed_id, migration_id, base_seq)
+        bound = self.state.get(vdisk_id)
+        assert bound is not None
+        return bound
+
+    @contextlib.asynccontextmanager
+    async def importing(self, vdisk_id: str) -> AsyncIterator[None]:
+        """Hold ``vdisk_id`` for one seed import at a time."""
+        self._check_open()
+        async with self._lock:
+            if vdisk_id in self._importing:
+                raise AlreadyExists(f"vdisk {vdisk_id!r} is being imported by another ImportSeed stream")
+            shadow = self._open.get(vdisk_id)
+            if shadow is not None and shadow.owner is not None:
+                raise AlreadyExists(f"vdisk {vdisk_id!r} is being replicated")
+            self._importing.add(vdisk_id)
+        try:
+            yield
+        finally:
+            self._importing.discard(vdisk_id)
+
+    def forget(self, vdisk_id: str) -> None:
+        """Close an idle open shadow so the next use reloads it from its record."""
+        shadow = self._open.get(vdisk_id)
+        if shadow is not None and shadow.owner is None:
+            del self._open[vdisk_id]
+            if isinstance(shadow.applier.disk, FileDisk):
+                shadow.applier.disk.close()
 
     async def get(self, vdisk_id: str) -> Shadow:
         """The shadow called ``vdisk_id``; NotFound when the sink has no record of it."""

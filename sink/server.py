@@ -35,8 +35,9 @@ from liftshift.v1 import replication_pb2 as pb
 from . import destination
 from .config import SinkConfig
 from .registry import VdiskRegistry
+from .seed import import_seed
 from .shadow import check_migration_id, check_size, check_vdisk_id
-from .state import SinkState
+from .state import SEED_IMPORTED, SinkState
 from .stream import ReplicateSession
 
 log = logging.getLogger("liftshift.sink.server")
@@ -61,6 +62,9 @@ def add_to_server(servicer: ReplicationServicer, server: grpc.aio.Server) -> Non
                                                            response_serializer=pb.Ack.SerializeToString),
         "HashRanges": unary(servicer.HashRanges, pb.HashRangesRequest, pb.HashRangesResponse),
         "ListVdisks": unary(servicer.ListVdisks, pb.ListVdisksRequest, pb.ListVdisksResponse),
+        "ImportSeed": grpc.stream_stream_rpc_method_handler(servicer.ImportSeed,
+                                                            request_deserializer=pb.SeedPiece.FromString,
+                                                            response_serializer=pb.SeedImportReply.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
@@ -78,7 +82,8 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
         vdisk_id = check_vdisk_id(request.vdisk_id)
         size = check_size(request.size_bytes)
         migration_id = check_migration_id(request.migration_id)
-        shadow, created = await self.registry.open(vdisk_id, size, migration_id)
+        shadow, created = await self.registry.open(vdisk_id, size, migration_id, request.seed_id,
+                                                   request.seed_base_seq)
         a = shadow.applier
         return pb.OpenVdiskResponse(vdisk_id=vdisk_id, size_bytes=size, applied_seq=a.applied_seq,
                                     durable_seq=a.durable_seq, created=created, closed=a.closed,
@@ -147,6 +152,14 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
         hashes = await asyncio.to_thread(_hash_ranges, shadow.row.flat_path, ranges, chunk)
         return pb.HashRangesResponse(hashes=[pb.ChunkHash(offset=o, length=n, xxh3_128=d) for o, n, d in hashes])
 
+    async def ImportSeed(self, request_iterator: AsyncIterator[pb.SeedPiece],
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SeedImportReply]:
+        """Write a seed into a new (or still unbound) shadow; see :mod:`liftshift.sink.seed`."""
+        async with contextlib.aclosing(import_seed(self.registry, self.config.reserve_free_bytes, request_iterator,
+                                                   context.peer())) as replies:
+            async for reply in replies:
+                yield reply
+
     async def ListVdisks(self, request: pb.ListVdisksRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListVdisksResponse:
         """Every shadow on record, with live positions for the open ones."""
@@ -158,7 +171,8 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
             closed = applier.closed if applier else row.closed
             infos.append(pb.VdiskInfo(vdisk_id=row.vdisk_id, size_bytes=row.size_bytes, applied_seq=applied,
                                       durable_seq=durable, closed=closed, migration_id=row.migration_id,
-                                      allocated_bytes=allocated))
+                                      allocated_bytes=allocated, seed_id=row.seed_id,
+                                      seed_imported=row.seed_state == SEED_IMPORTED))
         return pb.ListVdisksResponse(vdisks=infos)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from liftshift.daemon.errors import AlreadyExists, FailedPrecondition
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "sink.db"
 LOCK_NAME = "sink.lock"
 
@@ -48,9 +48,16 @@ CREATE TABLE IF NOT EXISTS vdisks (
     flat_path       TEXT NOT NULL,
     descriptor_path TEXT NOT NULL,
     created_ns      INTEGER NOT NULL,
-    updated_ns      INTEGER NOT NULL
+    updated_ns      INTEGER NOT NULL,
+    seed_id         TEXT NOT NULL DEFAULT '',
+    seed_state      TEXT NOT NULL DEFAULT ''
 ) STRICT
 """
+# Version 1 databases lack the seed columns.
+_MIGRATE_1_TO_2 = ("ALTER TABLE vdisks ADD COLUMN seed_id TEXT NOT NULL DEFAULT ''",
+                   "ALTER TABLE vdisks ADD COLUMN seed_state TEXT NOT NULL DEFAULT ''")
+SEED_IMPORTING = "importing"
+SEED_IMPORTED = "imported"
 
 
 @dataclass(frozen=True)
@@ -67,14 +74,19 @@ class VdiskRow:
     flat_path: Path
     descriptor_path: Path
     created_ns: int
+    # A shadow imported from a seed: its id, and "importing" until the import
+    # finished ("imported"); migration_id stays "" until a seeded migration
+    # binds it.
+    seed_id: str = ""
+    seed_state: str = ""
 
 
 _COLUMNS = ("vdisk_id, size_bytes, migration_id, applied_seq, durable_seq, closed, flat_path, descriptor_path, "
-            "created_ns")
+            "created_ns, seed_id, seed_state")
 
 
-def _row(t: tuple[str, int, str, int, int, int, str, str, int]) -> VdiskRow:
-    return VdiskRow(t[0], t[1], t[2], t[3], t[4], bool(t[5]), Path(t[6]), Path(t[7]), t[8])
+def _row(t: tuple[str, int, str, int, int, int, str, str, int, str, str]) -> VdiskRow:
+    return VdiskRow(t[0], t[1], t[2], t[3], t[4], bool(t[5]), Path(t[6]), Path(t[7]), t[8], t[9], t[10])
 
 
 class SinkState:
@@ -103,6 +115,9 @@ class SinkState:
                 raise FailedPrecondition(f"{self.path} has schema version {version}; this sink reads "
                                          f"version {SCHEMA_VERSION}", hint="run the newer liftshift-sink")
             self._db.execute(_SCHEMA)
+            if version == 1:
+                for stmt in _MIGRATE_1_TO_2:
+                    self._db.execute(stmt)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
             os.close(self._lock_fd)
@@ -133,6 +148,39 @@ class SinkState:
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"vdisk {vdisk_id!r} is already recorded") from None
         return VdiskRow(vdisk_id, size_bytes, migration_id, 0, 0, False, flat_path, descriptor_path, now)
+
+    def insert_seed(self, vdisk_id: str, size_bytes: int, seed_id: str, flat_path: Path,
+                    descriptor_path: Path) -> VdiskRow:
+        """Record a shadow being imported from a seed (bound to no migration yet)."""
+        now = time.time_ns()
+        with self._mu:
+            try:
+                self._db.execute(
+                    "INSERT INTO vdisks (vdisk_id, size_bytes, migration_id, flat_path, descriptor_path, "
+                    "created_ns, updated_ns, seed_id, seed_state) VALUES (?, ?, '', ?, ?, ?, ?, ?, ?)",
+                    (vdisk_id, size_bytes, str(flat_path), str(descriptor_path), now, now, seed_id,
+                     SEED_IMPORTING))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"vdisk {vdisk_id!r} is already recorded") from None
+        return VdiskRow(vdisk_id, size_bytes, "", 0, 0, False, flat_path, descriptor_path, now, seed_id,
+                        SEED_IMPORTING)
+
+    def set_seed_state(self, vdisk_id: str, seed_state: str) -> None:
+        """Mark a seed import started again or finished (after its data is fdatasync'ed)."""
+        with self._mu:
+            self._db.execute("UPDATE vdisks SET seed_state = ?, updated_ns = ? "
+                             "WHERE vdisk_id = ? AND migration_id = ''", (seed_state, time.time_ns(), vdisk_id))
+
+    def bind_seed(self, vdisk_id: str, migration_id: str, base_seq: int) -> None:
+        """A seeded migration takes an imported shadow: it belongs to
+        ``migration_id`` from now on and holds everything up to ``base_seq``."""
+        with self._mu:
+            cur = self._db.execute(
+                "UPDATE vdisks SET migration_id = ?, applied_seq = ?, durable_seq = ?, updated_ns = ? "
+                "WHERE vdisk_id = ? AND migration_id = '' AND seed_state = ?",
+                (migration_id, base_seq, base_seq, time.time_ns(), vdisk_id, SEED_IMPORTED))
+            if cur.rowcount != 1:
+                raise FailedPrecondition(f"vdisk {vdisk_id!r} is not an imported seed waiting for its migration")
 
     def persist(self, vdisk_id: str, durable_seq: int, closed: bool) -> None:
         """Record durable progress (call only after the data is fdatasync'ed).

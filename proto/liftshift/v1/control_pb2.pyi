@@ -19,6 +19,7 @@ class MigrationType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MIGRATION_TYPE_UNSPECIFIED: _ClassVar[MigrationType]
     MIGRATION_TYPE_LIVE: _ClassVar[MigrationType]
+    MIGRATION_TYPE_SEEDED: _ClassVar[MigrationType]
 
 class MigrationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,6 +47,7 @@ REPLICATION_STATE_CONVERGED: ReplicationState
 REPLICATION_STATE_CLOSED: ReplicationState
 MIGRATION_TYPE_UNSPECIFIED: MigrationType
 MIGRATION_TYPE_LIVE: MigrationType
+MIGRATION_TYPE_SEEDED: MigrationType
 MIGRATION_STATE_UNSPECIFIED: MigrationState
 MIGRATION_STATE_CREATED: MigrationState
 MIGRATION_STATE_SYNCING: MigrationState
@@ -241,7 +243,7 @@ class MigrationRef(_message.Message):
     def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
 
 class VdiskProgress(_message.Message):
-    __slots__ = ("name", "vdisk_id", "size_bytes", "state", "connected", "background_total_bytes", "background_done_bytes", "live_bytes", "live_records", "dirty_bytes", "backlog_bytes", "lag_seconds", "bandwidth_bytes_per_s", "eta_seconds", "resent_bytes", "ring_overflows", "last_error", "verified_bytes", "verified_once")
+    __slots__ = ("name", "vdisk_id", "size_bytes", "state", "connected", "background_total_bytes", "background_done_bytes", "live_bytes", "live_records", "dirty_bytes", "backlog_bytes", "lag_seconds", "bandwidth_bytes_per_s", "eta_seconds", "resent_bytes", "ring_overflows", "last_error", "verified_bytes", "verified_once", "chunk_bytes_sent")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VDISK_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +263,7 @@ class VdiskProgress(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     VERIFIED_BYTES_FIELD_NUMBER: _ClassVar[int]
     VERIFIED_ONCE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     vdisk_id: str
     size_bytes: int
@@ -280,7 +283,8 @@ class VdiskProgress(_message.Message):
     last_error: str
     verified_bytes: int
     verified_once: bool
-    def __init__(self, name: _Optional[str] = ..., vdisk_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., state: _Optional[_Union[ReplicationState, str]] = ..., connected: _Optional[bool] = ..., background_total_bytes: _Optional[int] = ..., background_done_bytes: _Optional[int] = ..., live_bytes: _Optional[int] = ..., live_records: _Optional[int] = ..., dirty_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., bandwidth_bytes_per_s: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., resent_bytes: _Optional[int] = ..., ring_overflows: _Optional[int] = ..., last_error: _Optional[str] = ..., verified_bytes: _Optional[int] = ..., verified_once: _Optional[bool] = ...) -> None: ...
+    chunk_bytes_sent: int
+    def __init__(self, name: _Optional[str] = ..., vdisk_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., state: _Optional[_Union[ReplicationState, str]] = ..., connected: _Optional[bool] = ..., background_total_bytes: _Optional[int] = ..., background_done_bytes: _Optional[int] = ..., live_bytes: _Optional[int] = ..., live_records: _Optional[int] = ..., dirty_bytes: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., bandwidth_bytes_per_s: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., resent_bytes: _Optional[int] = ..., ring_overflows: _Optional[int] = ..., last_error: _Optional[str] = ..., verified_bytes: _Optional[int] = ..., verified_once: _Optional[bool] = ..., chunk_bytes_sent: _Optional[int] = ...) -> None: ...
 
 class CutoverReport(_message.Message):
     __slots__ = ("vm", "identical", "downtime_seconds", "stop_seconds", "drain_seconds", "verify_seconds", "power_on_seconds", "chunks_verified", "chunks_preverified", "chunks_repaired", "residual_bytes", "forced", "error")
@@ -559,3 +563,67 @@ class EstimateReport(_message.Message):
     sneakernet: Sneakernet
     notes: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, estimate: _Optional[_Union[Estimate, _Mapping]] = ..., vms: _Optional[_Iterable[_Union[VmEstimate, _Mapping]]] = ..., all_at_once_seconds: _Optional[float] = ..., waves: _Optional[_Iterable[str]] = ..., waves_seconds: _Optional[float] = ..., recommended: _Optional[str] = ..., sneakernet: _Optional[_Union[Sneakernet, _Mapping]] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExportSeedRequest(_message.Message):
+    __slots__ = ("vm", "directory")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    directory: str
+    def __init__(self, vm: _Optional[str] = ..., directory: _Optional[str] = ...) -> None: ...
+
+class SeedRef(_message.Message):
+    __slots__ = ("seed_id",)
+    SEED_ID_FIELD_NUMBER: _ClassVar[int]
+    seed_id: str
+    def __init__(self, seed_id: _Optional[str] = ...) -> None: ...
+
+class SeedDisk(_message.Message):
+    __slots__ = ("name", "vdisk_id", "size_bytes", "exported_bytes", "data_bytes", "dirty_bytes", "tracked_seq", "file")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VDISK_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXPORTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIRTY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TRACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    vdisk_id: str
+    size_bytes: int
+    exported_bytes: int
+    data_bytes: int
+    dirty_bytes: int
+    tracked_seq: int
+    file: str
+    def __init__(self, name: _Optional[str] = ..., vdisk_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., exported_bytes: _Optional[int] = ..., data_bytes: _Optional[int] = ..., dirty_bytes: _Optional[int] = ..., tracked_seq: _Optional[int] = ..., file: _Optional[str] = ...) -> None: ...
+
+class Seed(_message.Message):
+    __slots__ = ("id", "vm", "directory", "state", "created_at", "exported_at", "chunk_size", "disks", "error", "migration_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DISKS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    vm: str
+    directory: str
+    state: str
+    created_at: float
+    exported_at: float
+    chunk_size: int
+    disks: _containers.RepeatedCompositeFieldContainer[SeedDisk]
+    error: str
+    migration_id: str
+    def __init__(self, id: _Optional[str] = ..., vm: _Optional[str] = ..., directory: _Optional[str] = ..., state: _Optional[str] = ..., created_at: _Optional[float] = ..., exported_at: _Optional[float] = ..., chunk_size: _Optional[int] = ..., disks: _Optional[_Iterable[_Union[SeedDisk, _Mapping]]] = ..., error: _Optional[str] = ..., migration_id: _Optional[str] = ...) -> None: ...
+
+class ListSeedsResponse(_message.Message):
+    __slots__ = ("seeds",)
+    SEEDS_FIELD_NUMBER: _ClassVar[int]
+    seeds: _containers.RepeatedCompositeFieldContainer[Seed]
+    def __init__(self, seeds: _Optional[_Iterable[_Union[Seed, _Mapping]]] = ...) -> None: ...

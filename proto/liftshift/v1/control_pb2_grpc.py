@@ -119,6 +119,21 @@ class ControlStub:
                 request_serializer=liftshift_dot_v1_dot_control__pb2.EstimateRef.SerializeToString,
                 response_deserializer=liftshift_dot_v1_dot_control__pb2.EstimateReport.FromString,
                 _registered_method=True)
+        self.ExportSeed = channel.unary_unary(
+                '/liftshift.v1.Control/ExportSeed',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.ExportSeedRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.Seed.FromString,
+                _registered_method=True)
+        self.ListSeeds = channel.unary_unary(
+                '/liftshift.v1.Control/ListSeeds',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.SeedRef.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.ListSeedsResponse.FromString,
+                _registered_method=True)
+        self.DropSeed = channel.unary_unary(
+                '/liftshift.v1.Control/DropSeed',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.SeedRef.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.Seed.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -246,6 +261,30 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportSeed(self, request, context):
+        """Seeded ("sneakernet") migration: capture a VM's writes and copy its
+        disks into a directory on this daemon's host (to ship on a drive); the
+        writes keep being tracked until a seeded migration takes over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSeeds(self, request, context):
+        """Seeds and their progress ("" : every seed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropSeed(self, request, context):
+        """Stop tracking a seed's VM (its files are left alone); a seed that a
+        migration uses cannot be dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -333,6 +372,21 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.GetEstimate,
                     request_deserializer=liftshift_dot_v1_dot_control__pb2.EstimateRef.FromString,
                     response_serializer=liftshift_dot_v1_dot_control__pb2.EstimateReport.SerializeToString,
+            ),
+            'ExportSeed': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportSeed,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.ExportSeedRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.Seed.SerializeToString,
+            ),
+            'ListSeeds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSeeds,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.SeedRef.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.ListSeedsResponse.SerializeToString,
+            ),
+            'DropSeed': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropSeed,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.SeedRef.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.Seed.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -794,6 +848,87 @@ class Control:
             '/liftshift.v1.Control/GetEstimate',
             liftshift_dot_v1_dot_control__pb2.EstimateRef.SerializeToString,
             liftshift_dot_v1_dot_control__pb2.EstimateReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/ExportSeed',
+            liftshift_dot_v1_dot_control__pb2.ExportSeedRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.Seed.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSeeds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/ListSeeds',
+            liftshift_dot_v1_dot_control__pb2.SeedRef.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.ListSeedsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropSeed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/DropSeed',
+            liftshift_dot_v1_dot_control__pb2.SeedRef.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.Seed.FromString,
             options,
             channel_credentials,
             insecure,

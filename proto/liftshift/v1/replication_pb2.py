@@ -24,45 +24,57 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eliftshift/v1/replication.proto\x12\x0cliftshift.v1\"N\n\x10OpenVdiskRequest\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x14\n\x0cmigration_id\x18\x03 \x01(\t\"\xb0\x01\n\x11OpenVdiskResponse\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x13\n\x0b\x61pplied_seq\x18\x03 \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\x04 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x08\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x08\x12\x11\n\tflat_path\x18\x07 \x01(\t\x12\x17\n\x0f\x64\x65scriptor_path\x18\x08 \x01(\t\"\xc5\x01\n\x05\x46rame\x12\x10\n\x08\x66rame_no\x18\x01 \x01(\x04\x12$\n\x05hello\x18\x02 \x01(\x0b\x32\x13.liftshift.v1.HelloH\x00\x12)\n\x04live\x18\x03 \x01(\x0b\x32\x19.liftshift.v1.LiveRecordsH\x00\x12$\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x13.liftshift.v1.ChunkH\x00\x12+\n\x05\x63lose\x18\x05 \x01(\x0b\x32\x1a.liftshift.v1.CloseBarrierH\x00\x42\x06\n\x04\x62ody\"\x19\n\x05Hello\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\"R\n\x0bLiveRecords\x12\x0f\n\x07records\x18\x01 \x01(\x0c\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12\r\n\x05\x63ount\x18\x04 \x01(\r\"x\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04zero\x18\x04 \x01(\x08\x12\x0c\n\x04xxh3\x18\x05 \x01(\x04\x12%\n\x04kind\x18\x06 \x01(\x0e\x32\x17.liftshift.v1.ChunkKind\"!\n\x0c\x43loseBarrier\x12\x11\n\tfinal_seq\x18\x01 \x01(\x04\"z\n\x03\x41\x63k\x12\x13\n\x0b\x61pplied_seq\x18\x01 \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\x02 \x01(\x04\x12\x15\n\rdurable_frame\x18\x03 \x01(\x04\x12\x0e\n\x06\x63losed\x18\x04 \x01(\x08\x12\x10\n\x08\x61pply_ns\x18\x05 \x01(\x04\x12\x10\n\x08\x66sync_ns\x18\x06 \x01(\x04\"\x82\x01\n\x11HashRangesRequest\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x12\n\nchunk_size\x18\x04 \x01(\x04\x12\'\n\x06ranges\x18\x05 \x03(\x0b\x32\x17.liftshift.v1.ByteRange\"+\n\tByteRange\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\"=\n\tChunkHash\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x10\n\x08xxh3_128\x18\x03 \x01(\x0c\"=\n\x12HashRangesResponse\x12\'\n\x06hashes\x18\x01 \x03(\x0b\x32\x17.liftshift.v1.ChunkHash\"\x13\n\x11ListVdisksRequest\"\x9a\x01\n\tVdiskInfo\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x13\n\x0b\x61pplied_seq\x18\x03 \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\x04 \x01(\x04\x12\x0e\n\x06\x63losed\x18\x05 \x01(\x08\x12\x14\n\x0cmigration_id\x18\x06 \x01(\t\x12\x17\n\x0f\x61llocated_bytes\x18\x07 \x01(\x04\"=\n\x12ListVdisksResponse\x12\'\n\x06vdisks\x18\x01 \x03(\x0b\x32\x17.liftshift.v1.VdiskInfo*p\n\tChunkKind\x12\x1a\n\x16\x43HUNK_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43HUNK_KIND_BACKGROUND\x10\x01\x12\x15\n\x11\x43HUNK_KIND_RESYNC\x10\x02\x12\x15\n\x11\x43HUNK_KIND_REPAIR\x10\x03\x32\xb6\x02\n\x0bReplication\x12L\n\tOpenVdisk\x12\x1e.liftshift.v1.OpenVdiskRequest\x1a\x1f.liftshift.v1.OpenVdiskResponse\x12\x37\n\tReplicate\x12\x13.liftshift.v1.Frame\x1a\x11.liftshift.v1.Ack(\x01\x30\x01\x12O\n\nHashRanges\x12\x1f.liftshift.v1.HashRangesRequest\x1a .liftshift.v1.HashRangesResponse\x12O\n\nListVdisks\x12\x1f.liftshift.v1.ListVdisksRequest\x1a .liftshift.v1.ListVdisksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eliftshift/v1/replication.proto\x12\x0cliftshift.v1\"v\n\x10OpenVdiskRequest\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x14\n\x0cmigration_id\x18\x03 \x01(\t\x12\x0f\n\x07seed_id\x18\x04 \x01(\t\x12\x15\n\rseed_base_seq\x18\x05 \x01(\x04\"\xb0\x01\n\x11OpenVdiskResponse\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x13\n\x0b\x61pplied_seq\x18\x03 \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\x04 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x08\x12\x0e\n\x06\x63losed\x18\x06 \x01(\x08\x12\x11\n\tflat_path\x18\x07 \x01(\t\x12\x17\n\x0f\x64\x65scriptor_path\x18\x08 \x01(\t\"\xc5\x01\n\x05\x46rame\x12\x10\n\x08\x66rame_no\x18\x01 \x01(\x04\x12$\n\x05hello\x18\x02 \x01(\x0b\x32\x13.liftshift.v1.HelloH\x00\x12)\n\x04live\x18\x03 \x01(\x0b\x32\x19.liftshift.v1.LiveRecordsH\x00\x12$\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x13.liftshift.v1.ChunkH\x00\x12+\n\x05\x63lose\x18\x05 \x01(\x0b\x32\x1a.liftshift.v1.CloseBarrierH\x00\x42\x06\n\x04\x62ody\"\x19\n\x05Hello\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\"R\n\x0bLiveRecords\x12\x0f\n\x07records\x18\x01 \x01(\x0c\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12\r\n\x05\x63ount\x18\x04 \x01(\r\"x\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04zero\x18\x04 \x01(\x08\x12\x0c\n\x04xxh3\x18\x05 \x01(\x04\x12%\n\x04kind\x18\x06 \x01(\x0e\x32\x17.liftshift.v1.ChunkKind\"!\n\x0c\x43loseBarrier\x12\x11\n\tfinal_seq\x18\x01 \x01(\x04\"z\n\x03\x41\x63k\x12\x13\n\x0b\x61pplied_seq\x18\x01 \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\x02 \x01(\x04\x12\x15\n\rdurable_frame\x18\x03 \x01(\x04\x12\x0e\n\x06\x63losed\x18\x04 \x01(\x08\x12\x10\n\x08\x61pply_ns\x18\x05 \x01(\x04\x12\x10\n\x08\x66sync_ns\x18\x06 \x01(\x04\"\x82\x01\n\x11HashRangesRequest\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\x12\n\nchunk_size\x18\x04 \x01(\x04\x12\'\n\x06ranges\x18\x05 \x03(\x0b\x32\x17.liftshift.v1.ByteRange\"+\n\tByteRange\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\"=\n\tChunkHash\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\x10\n\x08xxh3_128\x18\x03 \x01(\x0c\"=\n\x12HashRangesResponse\x12\'\n\x06hashes\x18\x01 \x03(\x0b\x32\x17.liftshift.v1.ChunkHash\"\x13\n\x11ListVdisksRequest\"\xc2\x01\n\tVdiskInfo\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x13\n\x0b\x61pplied_seq\x18\x03 \x01(\x04\x12\x13\n\x0b\x64urable_seq\x18\x04 \x01(\x04\x12\x0e\n\x06\x63losed\x18\x05 \x01(\x08\x12\x14\n\x0cmigration_id\x18\x06 \x01(\t\x12\x17\n\x0f\x61llocated_bytes\x18\x07 \x01(\x04\x12\x0f\n\x07seed_id\x18\x08 \x01(\t\x12\x15\n\rseed_imported\x18\t \x01(\x08\"=\n\x12ListVdisksResponse\x12\'\n\x06vdisks\x18\x01 \x03(\x0b\x32\x17.liftshift.v1.VdiskInfo\"w\n\nSeedHeader\x12\x0f\n\x07seed_id\x18\x01 \x01(\t\x12\n\n\x02vm\x18\x02 \x01(\t\x12\x10\n\x08vdisk_id\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x12\n\nchunk_size\x18\x05 \x01(\x04\x12\x12\n\ndata_bytes\x18\x06 \x01(\x04\";\n\tSeedChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x10\n\x08xxh3_128\x18\x03 \x01(\x0c\"i\n\tSeedPiece\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.liftshift.v1.SeedHeaderH\x00\x12(\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x17.liftshift.v1.SeedChunkH\x00\x42\x06\n\x04\x62ody\"!\n\x0cSeedAccepted\x12\x11\n\tflat_path\x18\x01 \x01(\t\"}\n\x0fSeedImportReply\x12.\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1a.liftshift.v1.SeedAcceptedH\x00\x12\x32\n\x06result\x18\x02 \x01(\x0b\x32 .liftshift.v1.ImportSeedResponseH\x00\x42\x06\n\x04\x62ody\"\x82\x01\n\x12ImportSeedResponse\x12\x10\n\x08vdisk_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63hunks_written\x18\x02 \x01(\x04\x12\x15\n\rbytes_written\x18\x03 \x01(\x04\x12\x18\n\x10rejected_offsets\x18\x04 \x03(\x04\x12\x11\n\tflat_path\x18\x05 \x01(\t*p\n\tChunkKind\x12\x1a\n\x16\x43HUNK_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43HUNK_KIND_BACKGROUND\x10\x01\x12\x15\n\x11\x43HUNK_KIND_RESYNC\x10\x02\x12\x15\n\x11\x43HUNK_KIND_REPAIR\x10\x03\x32\x80\x03\n\x0bReplication\x12L\n\tOpenVdisk\x12\x1e.liftshift.v1.OpenVdiskRequest\x1a\x1f.liftshift.v1.OpenVdiskResponse\x12\x37\n\tReplicate\x12\x13.liftshift.v1.Frame\x1a\x11.liftshift.v1.Ack(\x01\x30\x01\x12O\n\nHashRanges\x12\x1f.liftshift.v1.HashRangesRequest\x1a .liftshift.v1.HashRangesResponse\x12O\n\nListVdisks\x12\x1f.liftshift.v1.ListVdisksRequest\x1a .liftshift.v1.ListVdisksResponse\x12H\n\nImportSeed\x12\x17.liftshift.v1.SeedPiece\x1a\x1d.liftshift.v1.SeedImportReply(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'liftshift.v1.replication_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHUNKKIND']._serialized_start=1444
-  _globals['_CHUNKKIND']._serialized_end=1556
+  _globals['_CHUNKKIND']._serialized_start=2108
+  _globals['_CHUNKKIND']._serialized_end=2220
   _globals['_OPENVDISKREQUEST']._serialized_start=48
-  _globals['_OPENVDISKREQUEST']._serialized_end=126
-  _globals['_OPENVDISKRESPONSE']._serialized_start=129
-  _globals['_OPENVDISKRESPONSE']._serialized_end=305
-  _globals['_FRAME']._serialized_start=308
-  _globals['_FRAME']._serialized_end=505
-  _globals['_HELLO']._serialized_start=507
-  _globals['_HELLO']._serialized_end=532
-  _globals['_LIVERECORDS']._serialized_start=534
-  _globals['_LIVERECORDS']._serialized_end=616
-  _globals['_CHUNK']._serialized_start=618
-  _globals['_CHUNK']._serialized_end=738
-  _globals['_CLOSEBARRIER']._serialized_start=740
-  _globals['_CLOSEBARRIER']._serialized_end=773
-  _globals['_ACK']._serialized_start=775
-  _globals['_ACK']._serialized_end=897
-  _globals['_HASHRANGESREQUEST']._serialized_start=900
-  _globals['_HASHRANGESREQUEST']._serialized_end=1030
-  _globals['_BYTERANGE']._serialized_start=1032
-  _globals['_BYTERANGE']._serialized_end=1075
-  _globals['_CHUNKHASH']._serialized_start=1077
-  _globals['_CHUNKHASH']._serialized_end=1138
-  _globals['_HASHRANGESRESPONSE']._serialized_start=1140
-  _globals['_HASHRANGESRESPONSE']._serialized_end=1201
-  _globals['_LISTVDISKSREQUEST']._serialized_start=1203
-  _globals['_LISTVDISKSREQUEST']._serialized_end=1222
-  _globals['_VDISKINFO']._serialized_start=1225
-  _globals['_VDISKINFO']._serialized_end=1379
-  _globals['_LISTVDISKSRESPONSE']._serialized_start=1381
-  _globals['_LISTVDISKSRESPONSE']._serialized_end=1442
-  _globals['_REPLICATION']._serialized_start=1559
-  _globals['_REPLICATION']._serialized_end=1869
+  _globals['_OPENVDISKREQUEST']._serialized_end=166
+  _globals['_OPENVDISKRESPONSE']._serialized_start=169
+  _globals['_OPENVDISKRESPONSE']._serialized_end=345
+  _globals['_FRAME']._serialized_start=348
+  _globals['_FRAME']._serialized_end=545
+  _globals['_HELLO']._serialized_start=547
+  _globals['_HELLO']._serialized_end=572
+  _globals['_LIVERECORDS']._serialized_start=574
+  _globals['_LIVERECORDS']._serialized_end=656
+  _globals['_CHUNK']._serialized_start=658
+  _globals['_CHUNK']._serialized_end=778
+  _globals['_CLOSEBARRIER']._serialized_start=780
+  _globals['_CLOSEBARRIER']._serialized_end=813
+  _globals['_ACK']._serialized_start=815
+  _globals['_ACK']._serialized_end=937
+  _globals['_HASHRANGESREQUEST']._serialized_start=940
+  _globals['_HASHRANGESREQUEST']._serialized_end=1070
+  _globals['_BYTERANGE']._serialized_start=1072
+  _globals['_BYTERANGE']._serialized_end=1115
+  _globals['_CHUNKHASH']._serialized_start=1117
+  _globals['_CHUNKHASH']._serialized_end=1178
+  _globals['_HASHRANGESRESPONSE']._serialized_start=1180
+  _globals['_HASHRANGESRESPONSE']._serialized_end=1241
+  _globals['_LISTVDISKSREQUEST']._serialized_start=1243
+  _globals['_LISTVDISKSREQUEST']._serialized_end=1262
+  _globals['_VDISKINFO']._serialized_start=1265
+  _globals['_VDISKINFO']._serialized_end=1459
+  _globals['_LISTVDISKSRESPONSE']._serialized_start=1461
+  _globals['_LISTVDISKSRESPONSE']._serialized_end=1522
+  _globals['_SEEDHEADER']._serialized_start=1524
+  _globals['_SEEDHEADER']._serialized_end=1643
+  _globals['_SEEDCHUNK']._serialized_start=1645
+  _globals['_SEEDCHUNK']._serialized_end=1704
+  _globals['_SEEDPIECE']._serialized_start=1706
+  _globals['_SEEDPIECE']._serialized_end=1811
+  _globals['_SEEDACCEPTED']._serialized_start=1813
+  _globals['_SEEDACCEPTED']._serialized_end=1846
+  _globals['_SEEDIMPORTREPLY']._serialized_start=1848
+  _globals['_SEEDIMPORTREPLY']._serialized_end=1973
+  _globals['_IMPORTSEEDRESPONSE']._serialized_start=1976
+  _globals['_IMPORTSEEDRESPONSE']._serialized_end=2106
+  _globals['_REPLICATION']._serialized_start=2223
+  _globals['_REPLICATION']._serialized_end=2607
 # @@protoc_insertion_point(module_scope)

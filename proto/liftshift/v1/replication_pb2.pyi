@@ -19,14 +19,18 @@ CHUNK_KIND_RESYNC: ChunkKind
 CHUNK_KIND_REPAIR: ChunkKind
 
 class OpenVdiskRequest(_message.Message):
-    __slots__ = ("vdisk_id", "size_bytes", "migration_id")
+    __slots__ = ("vdisk_id", "size_bytes", "migration_id", "seed_id", "seed_base_seq")
     VDISK_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEED_ID_FIELD_NUMBER: _ClassVar[int]
+    SEED_BASE_SEQ_FIELD_NUMBER: _ClassVar[int]
     vdisk_id: str
     size_bytes: int
     migration_id: str
-    def __init__(self, vdisk_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., migration_id: _Optional[str] = ...) -> None: ...
+    seed_id: str
+    seed_base_seq: int
+    def __init__(self, vdisk_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., migration_id: _Optional[str] = ..., seed_id: _Optional[str] = ..., seed_base_seq: _Optional[int] = ...) -> None: ...
 
 class OpenVdiskResponse(_message.Message):
     __slots__ = ("vdisk_id", "size_bytes", "applied_seq", "durable_seq", "created", "closed", "flat_path", "descriptor_path")
@@ -161,7 +165,7 @@ class ListVdisksRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VdiskInfo(_message.Message):
-    __slots__ = ("vdisk_id", "size_bytes", "applied_seq", "durable_seq", "closed", "migration_id", "allocated_bytes")
+    __slots__ = ("vdisk_id", "size_bytes", "applied_seq", "durable_seq", "closed", "migration_id", "allocated_bytes", "seed_id", "seed_imported")
     VDISK_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +173,8 @@ class VdiskInfo(_message.Message):
     CLOSED_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SEED_ID_FIELD_NUMBER: _ClassVar[int]
+    SEED_IMPORTED_FIELD_NUMBER: _ClassVar[int]
     vdisk_id: str
     size_bytes: int
     applied_seq: int
@@ -176,10 +182,74 @@ class VdiskInfo(_message.Message):
     closed: bool
     migration_id: str
     allocated_bytes: int
-    def __init__(self, vdisk_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., applied_seq: _Optional[int] = ..., durable_seq: _Optional[int] = ..., closed: _Optional[bool] = ..., migration_id: _Optional[str] = ..., allocated_bytes: _Optional[int] = ...) -> None: ...
+    seed_id: str
+    seed_imported: bool
+    def __init__(self, vdisk_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., applied_seq: _Optional[int] = ..., durable_seq: _Optional[int] = ..., closed: _Optional[bool] = ..., migration_id: _Optional[str] = ..., allocated_bytes: _Optional[int] = ..., seed_id: _Optional[str] = ..., seed_imported: _Optional[bool] = ...) -> None: ...
 
 class ListVdisksResponse(_message.Message):
     __slots__ = ("vdisks",)
     VDISKS_FIELD_NUMBER: _ClassVar[int]
     vdisks: _containers.RepeatedCompositeFieldContainer[VdiskInfo]
     def __init__(self, vdisks: _Optional[_Iterable[_Union[VdiskInfo, _Mapping]]] = ...) -> None: ...
+
+class SeedHeader(_message.Message):
+    __slots__ = ("seed_id", "vm", "vdisk_id", "size_bytes", "chunk_size", "data_bytes")
+    SEED_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    VDISK_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    seed_id: str
+    vm: str
+    vdisk_id: str
+    size_bytes: int
+    chunk_size: int
+    data_bytes: int
+    def __init__(self, seed_id: _Optional[str] = ..., vm: _Optional[str] = ..., vdisk_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., chunk_size: _Optional[int] = ..., data_bytes: _Optional[int] = ...) -> None: ...
+
+class SeedChunk(_message.Message):
+    __slots__ = ("offset", "data", "xxh3_128")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    XXH3_128_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    xxh3_128: bytes
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., xxh3_128: _Optional[bytes] = ...) -> None: ...
+
+class SeedPiece(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: SeedHeader
+    chunk: SeedChunk
+    def __init__(self, header: _Optional[_Union[SeedHeader, _Mapping]] = ..., chunk: _Optional[_Union[SeedChunk, _Mapping]] = ...) -> None: ...
+
+class SeedAccepted(_message.Message):
+    __slots__ = ("flat_path",)
+    FLAT_PATH_FIELD_NUMBER: _ClassVar[int]
+    flat_path: str
+    def __init__(self, flat_path: _Optional[str] = ...) -> None: ...
+
+class SeedImportReply(_message.Message):
+    __slots__ = ("accepted", "result")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    accepted: SeedAccepted
+    result: ImportSeedResponse
+    def __init__(self, accepted: _Optional[_Union[SeedAccepted, _Mapping]] = ..., result: _Optional[_Union[ImportSeedResponse, _Mapping]] = ...) -> None: ...
+
+class ImportSeedResponse(_message.Message):
+    __slots__ = ("vdisk_id", "chunks_written", "bytes_written", "rejected_offsets", "flat_path")
+    VDISK_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    FLAT_PATH_FIELD_NUMBER: _ClassVar[int]
+    vdisk_id: str
+    chunks_written: int
+    bytes_written: int
+    rejected_offsets: _containers.RepeatedScalarFieldContainer[int]
+    flat_path: str
+    def __init__(self, vdisk_id: _Optional[str] = ..., chunks_written: _Optional[int] = ..., bytes_written: _Optional[int] = ..., rejected_offsets: _Optional[_Iterable[int]] = ..., flat_path: _Optional[str] = ...) -> None: ...

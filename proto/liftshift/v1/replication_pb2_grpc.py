@@ -54,6 +54,11 @@ class ReplicationStub:
                 request_serializer=liftshift_dot_v1_dot_replication__pb2.ListVdisksRequest.SerializeToString,
                 response_deserializer=liftshift_dot_v1_dot_replication__pb2.ListVdisksResponse.FromString,
                 _registered_method=True)
+        self.ImportSeed = channel.stream_stream(
+                '/liftshift.v1.Replication/ImportSeed',
+                request_serializer=liftshift_dot_v1_dot_replication__pb2.SeedPiece.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_replication__pb2.SeedImportReply.FromString,
+                _registered_method=True)
 
 
 class ReplicationServicer:
@@ -88,6 +93,19 @@ class ReplicationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportSeed(self, request_iterator, context):
+        """Write a seed (a disk copied to a shipped drive) into a new shadow vdisk.
+        The first message is a SeedHeader, which the sink answers with
+        SeedAccepted once it has checked it (name, space, no owner) and before
+        any chunk is sent, so a refusal arrives before any data; every chunk's
+        XXH3-128 is checked and a chunk that does not match is not written (it
+        is reported, and the seeded migration sends it over the network).  The
+        last reply is the ImportSeedResponse, after the data is durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +128,11 @@ def add_ReplicationServicer_to_server(servicer, server):
                     servicer.ListVdisks,
                     request_deserializer=liftshift_dot_v1_dot_replication__pb2.ListVdisksRequest.FromString,
                     response_serializer=liftshift_dot_v1_dot_replication__pb2.ListVdisksResponse.SerializeToString,
+            ),
+            'ImportSeed': grpc.stream_stream_rpc_method_handler(
+                    servicer.ImportSeed,
+                    request_deserializer=liftshift_dot_v1_dot_replication__pb2.SeedPiece.FromString,
+                    response_serializer=liftshift_dot_v1_dot_replication__pb2.SeedImportReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +243,33 @@ class Replication:
             '/liftshift.v1.Replication/ListVdisks',
             liftshift_dot_v1_dot_replication__pb2.ListVdisksRequest.SerializeToString,
             liftshift_dot_v1_dot_replication__pb2.ListVdisksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSeed(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/liftshift.v1.Replication/ImportSeed',
+            liftshift_dot_v1_dot_replication__pb2.SeedPiece.SerializeToString,
+            liftshift_dot_v1_dot_replication__pb2.SeedImportReply.FromString,
             options,
             channel_credentials,
             insecure,
