@@ -42,6 +42,7 @@ from liftshift.v1 import replication_pb2 as pb
 from .errors import InvalidArgument
 
 REPLICATE_METHOD = "/liftshift.v1.Replication/Replicate"
+IMPORT_SEED_METHOD = "/liftshift.v1.Replication/ImportSeed"
 _U64 = (1 << 64) - 1
 _U32 = (1 << 32) - 1
 _MAX_FIELD = (1 << 29) - 1
@@ -96,6 +97,19 @@ def chunk_frame(frame_no: int, offset: int, length: int, data: bytes, zero: bool
     tail = (_T_4_VARINT + b"\x01" if zero else b"") + _uint(_T_5_VARINT, xxh3) + _uint(_T_6_VARINT, kind)
     body = len(head) + len(data) + len(tail)
     return b"".join((_uint(_T_FRAME_NO, frame_no) + _T_CHUNK + _varint(body) + head, data, tail))
+
+
+def seed_chunk_piece(offset: int, data: bytes, digest: bytes) -> bytes:
+    """``SeedPiece(chunk=SeedChunk(offset, data, xxh3_128))``, serialized (ImportSeed's bulk message)."""
+    head = _uint(_T_1_VARINT, offset) + b"\x12" + _varint(len(data))
+    tail = b"\x1a" + _varint(len(digest)) + digest
+    return b"".join((b"\x12" + _varint(len(head) + len(data) + len(tail)) + head, data, tail))
+
+
+def import_seed_call(channel: grpc.aio.Channel) -> Any:
+    """Open an ImportSeed stream that takes SeedPieces as already-serialized bytes."""
+    return channel.stream_stream(IMPORT_SEED_METHOD, request_serializer=None,
+                                 response_deserializer=pb.SeedImportReply.FromString, _registered_method=True)()
 
 
 def encode(frame: pb.Frame) -> bytes:

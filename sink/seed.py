@@ -27,7 +27,9 @@ import asyncio
 import logging
 import os
 import re
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import xxhash
 
@@ -43,6 +45,7 @@ log = logging.getLogger("liftshift.sink.seed")
 
 _SEED_ID = re.compile(r"s-[0-9a-f]{8}")
 MAX_CHUNK = 64 << 20
+_WRITE_DEPTH = 8
 
 
 def _check_header(h: pb.SeedHeader) -> None:
@@ -106,6 +109,11 @@ async def import_seed(registry: VdiskRegistry, reserve_free: int,
         fd = os.open(ShadowPaths.of(data_dir, vid).flat, os.O_RDWR | os.O_CLOEXEC)
         written = nbytes = 0
         rejected: list[int] = []
+        # Writes go to one thread of their own, in order, up to _WRITE_DEPTH
+        # behind the stream: receiving the next chunk overlaps writing this one.
+        loop = asyncio.get_running_loop()
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"seed-{vid}")
+        pending: deque[asyncio.Future[int]] = deque()
         try:
             async for piece in it:
                 if piece.WhichOneof("body") != "chunk":
@@ -121,11 +129,19 @@ async def import_seed(registry: VdiskRegistry, reserve_free: int,
                 if xxhash.xxh3_128_digest(c.data) != c.xxh3_128:
                     rejected.append(c.offset)
                     continue
-                await asyncio.to_thread(os.pwrite, fd, c.data, c.offset)
+                pending.append(loop.run_in_executor(writer, os.pwrite, fd, c.data, c.offset))
+                while len(pending) > _WRITE_DEPTH or pending and pending[0].done():
+                    await pending.popleft()  # raises the write's OSError
                 written += 1
                 nbytes += len(c.data)
-            await asyncio.to_thread(os.fdatasync, fd)
+            while pending:
+                await pending.popleft()
+            await loop.run_in_executor(writer, os.fdatasync, fd)
         finally:
+            for f in pending:
+                f.cancel()
+            # Wait for a write already running before the descriptor goes.
+            await asyncio.to_thread(writer.shutdown, True)
             os.close(fd)
         await asyncio.to_thread(registry.state.set_seed_state, vid, SEED_IMPORTED)
     if rejected:
