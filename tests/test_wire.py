@@ -45,6 +45,12 @@ def test_chunk_frames_encode_like_protobuf(frame_no: int, offset: int, length: i
     assert as_tuple(wire.decode_fast(got)) == reference(want)
 
 
+@given(offset=u64, data=st.binary(min_size=1, max_size=300), digest=st.binary(min_size=16, max_size=16))
+def test_seed_chunk_pieces_encode_like_protobuf(offset: int, data: bytes, digest: bytes) -> None:
+    want = pb.SeedPiece(chunk=pb.SeedChunk(offset=offset, data=data, xxh3_128=digest)).SerializeToString()
+    assert wire.seed_chunk_piece(offset, data, digest) == want
+
+
 def test_large_payloads_are_views_not_copies() -> None:
     data = bytes(range(256)) * 4096
     raw = wire.chunk_frame(9, 1 << 20, len(data), data, False, 5, pb.CHUNK_KIND_BACKGROUND)
