@@ -176,6 +176,7 @@ def summary_view(m: cpb.Migration) -> Table:
     grid.add_row("id", m.id)
     grid.add_row("name", m.name or "-")
     grid.add_row("state", state_text(m.state))
+    grid.add_row("type", "seeded" if m.type == cpb.MIGRATION_TYPE_SEEDED else "live")
     grid.add_row("destination", m.destination)
     grid.add_row("VMs", ", ".join(vm.vm for vm in m.vms) or "-")
     grid.add_row("auto-cutover", yes_no(m.auto_cutover))
