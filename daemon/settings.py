@@ -14,9 +14,10 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .config import doc
-from .errors import ConfigError
+from .errors import ConfigError, LiftshiftError
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -318,6 +319,54 @@ class QemuConfig:
 
 
 @dataclass
+class TlsConfig:
+    """Mutual TLS of the Control service and of the connections to sinks ([tls])."""
+
+    cert: Path | None = doc(None, help="PEM certificate the Control service presents (a server certificate; "
+                                       "`liftshift certs issue DIR NAME --server`).")
+    key: Path | None = doc(None, help="Its private key.")
+    ca: Path | None = doc(None, help="CA certificate(s) that clients of the Control service and the sinks must "
+                                     "chain to.")
+    client_cert: Path | None = doc(None, help="Client certificate this daemon presents to sinks "
+                                              "(`liftshift certs issue DIR NAME --client --role operator`).")
+    client_key: Path | None = doc(None, help="Its private key.")
+    tokens_file: Path | None = doc(None, help="Bearer tokens accepted besides client certificates: lines of "
+                                              "`name role sha256-of-token` (`liftshift certs token`).")
+    insecure: bool = doc(False, help="Plain text instead of TLS, anyone on the address is admin: allowed only "
+                                     "on a loopback listen address, and logged as a warning (demo, tests).")
+
+    def check(self) -> None:
+        if self.insecure:
+            return
+        for key in ("cert", "key", "ca", "client_cert", "client_key"):
+            if getattr(self, key) is None:
+                raise ConfigError(f"key 'tls.{key}' is required: mutual TLS is on by default "
+                                  "(`liftshift certs init DIR` makes a quick-start CA and certificates; "
+                                  "tls.insecure = true listens in plain text on loopback only)")
+
+
+@dataclass
+class ThrottleConfig:
+    """Replication rate limit ([throttle])."""
+
+    rate: str = doc("unlimited", help="Global replication rate limit outside the schedule's windows, e.g. "
+                                      "\"200MB/s\" (live writes go first, background copy gets the rest).")
+    schedule: list[dict[str, Any]] = doc(default_factory=list,
+                                         help="Time-of-day windows ([[throttle.schedule]] tables with days = "
+                                              "\"mon-fri\", start = \"08:00\", end = \"18:00\", rate = "
+                                              "\"100MB/s\"); windows may not overlap; local time.")
+
+    def check(self) -> None:
+        from .throttle import Schedule, parse_rate_value
+
+        try:
+            Schedule.parse(self.schedule, field="throttle.schedule",
+                           default_bps=parse_rate_value(self.rate, "throttle.rate"))
+        except LiftshiftError as e:
+            raise ConfigError(f"key {e.message}") from None
+
+
+@dataclass
 class DaemonConfig:
     """Source daemon settings."""
 
@@ -354,6 +403,9 @@ class DaemonConfig:
                                               "events are published.")
     replicate: list[ReplicateSpec] = doc(default_factory=list,
                                          help="Vdisks to replicate at start ([[replicate]] tables).")
+    tls: TlsConfig = doc(default_factory=TlsConfig, help="Mutual TLS and tokens ([tls] table).")
+    throttle: ThrottleConfig = doc(default_factory=ThrottleConfig, help="Replication rate limit ([throttle] table).")
+    metrics_listen: str = doc("", help="Prometheus /metrics address host:port (empty: off).")
 
     def check(self) -> None:
         if self.chunk_size <= 0 or self.chunk_size & (self.chunk_size - 1):

@@ -627,3 +627,175 @@ class ListSeedsResponse(_message.Message):
     SEEDS_FIELD_NUMBER: _ClassVar[int]
     seeds: _containers.RepeatedCompositeFieldContainer[Seed]
     def __init__(self, seeds: _Optional[_Iterable[_Union[Seed, _Mapping]]] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("since", "until", "scope", "key", "metrics", "resolution")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    since: float
+    until: float
+    scope: str
+    key: str
+    metrics: _containers.RepeatedScalarFieldContainer[str]
+    resolution: str
+    def __init__(self, since: _Optional[float] = ..., until: _Optional[float] = ..., scope: _Optional[str] = ..., key: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., resolution: _Optional[str] = ...) -> None: ...
+
+class StatsRow(_message.Message):
+    __slots__ = ("t", "scope", "key", "resolution", "seconds", "values", "peaks")
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class PeaksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    T_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    PEAKS_FIELD_NUMBER: _ClassVar[int]
+    t: float
+    scope: str
+    key: str
+    resolution: str
+    seconds: float
+    values: _containers.ScalarMap[str, float]
+    peaks: _containers.ScalarMap[str, float]
+    def __init__(self, t: _Optional[float] = ..., scope: _Optional[str] = ..., key: _Optional[str] = ..., resolution: _Optional[str] = ..., seconds: _Optional[float] = ..., values: _Optional[_Mapping[str, float]] = ..., peaks: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[StatsRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[StatsRow, _Mapping]]] = ...) -> None: ...
+
+class SetThrottleRequest(_message.Message):
+    __slots__ = ("migration_id", "rate_bytes_per_s", "clear", "schedule", "vm", "guest_bytes_per_s", "guest_iops")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    RATE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    GUEST_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    GUEST_IOPS_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    rate_bytes_per_s: int
+    clear: bool
+    schedule: str
+    vm: str
+    guest_bytes_per_s: int
+    guest_iops: int
+    def __init__(self, migration_id: _Optional[str] = ..., rate_bytes_per_s: _Optional[int] = ..., clear: _Optional[bool] = ..., schedule: _Optional[str] = ..., vm: _Optional[str] = ..., guest_bytes_per_s: _Optional[int] = ..., guest_iops: _Optional[int] = ...) -> None: ...
+
+class GetThrottleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RateLimit(_message.Message):
+    __slots__ = ("migration_id", "rate_bytes_per_s", "effective_bytes_per_s", "binding", "source")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    RATE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    rate_bytes_per_s: int
+    effective_bytes_per_s: int
+    binding: bool
+    source: str
+    def __init__(self, migration_id: _Optional[str] = ..., rate_bytes_per_s: _Optional[int] = ..., effective_bytes_per_s: _Optional[int] = ..., binding: _Optional[bool] = ..., source: _Optional[str] = ...) -> None: ...
+
+class GuestCap(_message.Message):
+    __slots__ = ("vm", "bytes_per_s", "iops", "source", "throttled_seconds", "binding")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    IOPS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    THROTTLED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    bytes_per_s: int
+    iops: int
+    source: str
+    throttled_seconds: float
+    binding: bool
+    def __init__(self, vm: _Optional[str] = ..., bytes_per_s: _Optional[int] = ..., iops: _Optional[int] = ..., source: _Optional[str] = ..., throttled_seconds: _Optional[float] = ..., binding: _Optional[bool] = ...) -> None: ...
+
+class ThrottleStatus(_message.Message):
+    __slots__ = ("limits", "schedule", "next_change_at", "guests")
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CHANGE_AT_FIELD_NUMBER: _ClassVar[int]
+    GUESTS_FIELD_NUMBER: _ClassVar[int]
+    limits: _containers.RepeatedCompositeFieldContainer[RateLimit]
+    schedule: str
+    next_change_at: float
+    guests: _containers.RepeatedCompositeFieldContainer[GuestCap]
+    def __init__(self, limits: _Optional[_Iterable[_Union[RateLimit, _Mapping]]] = ..., schedule: _Optional[str] = ..., next_change_at: _Optional[float] = ..., guests: _Optional[_Iterable[_Union[GuestCap, _Mapping]]] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("since", "vm")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    since: float
+    vm: str
+    def __init__(self, since: _Optional[float] = ..., vm: _Optional[str] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("seq", "time", "who", "peer", "action", "params_json", "vms", "result", "prev", "hash")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    PREV_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    time: float
+    who: str
+    peer: str
+    action: str
+    params_json: str
+    vms: _containers.RepeatedScalarFieldContainer[str]
+    result: str
+    prev: str
+    hash: str
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[float] = ..., who: _Optional[str] = ..., peer: _Optional[str] = ..., action: _Optional[str] = ..., params_json: _Optional[str] = ..., vms: _Optional[_Iterable[str]] = ..., result: _Optional[str] = ..., prev: _Optional[str] = ..., hash: _Optional[str] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+
+class VerifyAuditRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VerifyAuditResponse(_message.Message):
+    __slots__ = ("ok", "entries", "first_bad_seq", "reason")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_BAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    entries: int
+    first_bad_seq: int
+    reason: str
+    def __init__(self, ok: _Optional[bool] = ..., entries: _Optional[int] = ..., first_bad_seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -134,6 +134,31 @@ class ControlStub:
                 request_serializer=liftshift_dot_v1_dot_control__pb2.SeedRef.SerializeToString,
                 response_deserializer=liftshift_dot_v1_dot_control__pb2.Seed.FromString,
                 _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/liftshift.v1.Control/GetStats',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.StatsRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.StatsResponse.FromString,
+                _registered_method=True)
+        self.SetThrottle = channel.unary_unary(
+                '/liftshift.v1.Control/SetThrottle',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.SetThrottleRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.ThrottleStatus.FromString,
+                _registered_method=True)
+        self.GetThrottle = channel.unary_unary(
+                '/liftshift.v1.Control/GetThrottle',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.GetThrottleRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.ThrottleStatus.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/liftshift.v1.Control/ListAudit',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/liftshift.v1.Control/VerifyAudit',
+                request_serializer=liftshift_dot_v1_dot_control__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=liftshift_dot_v1_dot_control__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -285,6 +310,41 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStats(self, request, context):
+        """Statistics: time series per vdisk, VM, migration and for the daemon,
+        kept at 1 s for the last hour and 1 min for 30 days.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetThrottle(self, request, context):
+        """Throttling: replication rate limits (global, per migration, on a
+        schedule) and guest write caps per VM.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetThrottle(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """The audit log of every control action (hash-chained).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -387,6 +447,31 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.DropSeed,
                     request_deserializer=liftshift_dot_v1_dot_control__pb2.SeedRef.FromString,
                     response_serializer=liftshift_dot_v1_dot_control__pb2.Seed.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.StatsRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.StatsResponse.SerializeToString,
+            ),
+            'SetThrottle': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetThrottle,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.SetThrottleRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.ThrottleStatus.SerializeToString,
+            ),
+            'GetThrottle': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThrottle,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.GetThrottleRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.ThrottleStatus.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.ListAuditRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=liftshift_dot_v1_dot_control__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=liftshift_dot_v1_dot_control__pb2.VerifyAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -929,6 +1014,141 @@ class Control:
             '/liftshift.v1.Control/DropSeed',
             liftshift_dot_v1_dot_control__pb2.SeedRef.SerializeToString,
             liftshift_dot_v1_dot_control__pb2.Seed.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/GetStats',
+            liftshift_dot_v1_dot_control__pb2.StatsRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetThrottle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/SetThrottle',
+            liftshift_dot_v1_dot_control__pb2.SetThrottleRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.ThrottleStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThrottle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/GetThrottle',
+            liftshift_dot_v1_dot_control__pb2.GetThrottleRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.ThrottleStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/ListAudit',
+            liftshift_dot_v1_dot_control__pb2.ListAuditRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liftshift.v1.Control/VerifyAudit',
+            liftshift_dot_v1_dot_control__pb2.VerifyAuditRequest.SerializeToString,
+            liftshift_dot_v1_dot_control__pb2.VerifyAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,
