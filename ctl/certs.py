@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from liftshift.daemon.errors import AlreadyExists, ConfigError, InvalidArgument, NotFound
-from liftshift.daemon.security import Role, role_ou
+from liftshift.daemon.security import Role, TokenStore, role_ou
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -294,6 +294,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser | 
     s.add_argument("--days", type=int, default=DEFAULT_DAYS, help=f"validity (default {DEFAULT_DAYS})")
     s.add_argument("--force", action="store_true", help="replace an existing NAME.pem / NAME.key")
     s.set_defaults(run=run_issue, validate=functools.partial(validate_issue, parser=s))
+    t = acts.add_parser("token", parents=parents, help="make a bearer token for a daemon's tokens_file",
+                        description="Print a new random bearer token for NAME with ROLE, and add its hash to "
+                                    "FILE (the daemon's tls.tokens_file or the sink's tokens_file; created with "
+                                    "mode 0600). Only the hash is stored: give the token to its user now. The "
+                                    "daemon reads the file at start.")
+    t.add_argument("name", metavar="NAME", help="who the token is for (what the audit log records)")
+    t.add_argument("--role", required=True, choices=[str(r) for r in Role], help="the token's role")
+    t.add_argument("--file", required=True, metavar="FILE", help="the tokens file to add the hash to")
+    t.set_defaults(run=run_token)
 
 
 add_parser = register  # the name the task asked for; ctl.main calls register(sub, common)
@@ -328,6 +337,23 @@ async def run_init(args: argparse.Namespace, client: Any, out: Any) -> int:
     _report(out, w)
     if not out.json:
         out.line(f"next: liftshift certs issue {args.dir} NAME --server|--client --role ROLE")
+    return 0
+
+
+async def run_token(args: argparse.Namespace, client: Any, out: Any) -> int:
+    token, line = TokenStore.generate(args.name, args.role)
+    path = Path(args.file)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+    if out.json:
+        print(json.dumps({"name": args.name, "role": args.role, "token": token, "file": str(path)}), file=out.stdout)
+    else:
+        out.line(token)
+        out.notice(f"added {args.name} ({args.role}) to {path}; the token above is shown only now "
+                   "(clients pass it in LIFTSHIFT_TOKEN); restart the daemon to load it")
     return 0
 
 

@@ -29,9 +29,10 @@ import grpc
 
 from liftshift.daemon import lifecycle
 from liftshift.daemon.errors import ERROR_KEY, InvalidArgument, LiftshiftError, Unavailable, from_rpc_error
-from liftshift.daemon.service import grpc_options
 from liftshift.v1 import control_pb2 as cpb
 from liftshift.v1 import control_pb2_grpc
+
+from .credentials import Credentials
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 # Answers (a ListMigrations of many VMs) may be large; the daemon's own limit
@@ -47,14 +48,17 @@ IllegalTransition = lifecycle.IllegalTransition
 class Client:
     """Async client of one daemon's Control service (see the module note)."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float | None = 30.0) -> None:
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float | None = 30.0,
+                 credentials: Credentials | None = None) -> None:
         self.address = address
         self.timeout = timeout
+        # Default: what the environment and ~/.config/liftshift provide (see .credentials).
+        self.credentials = credentials if credentials is not None else Credentials.resolve()
         self._channel: grpc.aio.Channel | None = None
         self._stub: control_pb2_grpc.ControlStub | None = None
 
     async def __aenter__(self) -> Client:
-        self._channel = grpc.aio.insecure_channel(self.address, options=grpc_options(MAX_MESSAGE))
+        self._channel = self.credentials.channel(self.address, MAX_MESSAGE)
         self._stub = control_pb2_grpc.ControlStub(self._channel)
         return self
 
@@ -86,7 +90,8 @@ class Client:
             details = (err.details() if hasattr(err, "details") else "") or "unavailable"
             why = details.rsplit(": ", 1)[-1].strip(" []")
             return Unavailable(f"cannot reach the liftshift daemon at {self.address} ({why})",
-                               hint=f"check that liftshift-daemon is running and listening on {self.address}")
+                               hint=f"check that liftshift-daemon is running and listening on {self.address}; "
+                                    f"{self.credentials.hint()}")
         if not from_server and code == grpc.StatusCode.CANCELLED:
             # Our own cancellations raise asyncio.CancelledError: this one is
             # the daemon going away mid-call (shutting down).

@@ -51,10 +51,21 @@ class Demo:
         self.daemon_addr = f"127.0.0.1:{_port()}"
         self.data = root / "sink-data"
         self.sim = root / "sim"
+        self.tls = root / "tls"
+
+    def certificates(self) -> None:
+        """A CA and every certificate, with the real CLI: both daemons use mutual TLS, as in production."""
+        for args in (("init", str(self.tls)), ("issue", str(self.tls), "daemon", "--server"),
+                     ("issue", str(self.tls), "daemon-client", "--client", "--role", "operator"),
+                     ("issue", str(self.tls), "sink", "--server"),
+                     ("issue", str(self.tls), "client", "--client", "--role", "admin")):
+            self.cli("certs", *args, capture=True)
 
     def configs(self) -> tuple[Path, Path]:
+        t = self.tls
         sink = self.root / "sink.toml"
-        sink.write_text(f'listen = "{self.sink_addr}"\ndata_dir = "{self.data}"\nstop_vms_on_exit = true\n')
+        sink.write_text(f'listen = "{self.sink_addr}"\ndata_dir = "{self.data}"\nstop_vms_on_exit = true\n'
+                        f'tls_cert = "{t / "sink.pem"}"\ntls_key = "{t / "sink.key"}"\ntls_ca = "{t / "ca.pem"}"\n')
         daemon = self.root / "daemon.toml"
         disks = "".join(f'[[sim.vm.disks]]\nname = "{n}"\nsize = "{s // MiB}MiB"\nfill = "{f // MiB}MiB"\n'
                         for n, s, f in DISKS)
@@ -64,7 +75,9 @@ class Demo:
             f'[sim]\ndir = "{self.sim}"\nring_dir = "{self.shm}"\nstop_vms_on_exit = true\n\n'
             f'[[sim.vm]]\nname = "{VM}"\n'
             f'workload = {{ rate_ops = 300, block_size = "4KiB", working_set = "64MiB", read_fraction = 0.3, '
-            f'boot_digest = true }}\n{disks}')
+            f'boot_digest = true }}\n{disks}\n'
+            f'[tls]\ncert = "{t / "daemon.pem"}"\nkey = "{t / "daemon.key"}"\nca = "{t / "ca.pem"}"\n'
+            f'client_cert = "{t / "daemon-client.pem"}"\nclient_key = "{t / "daemon-client.key"}"\n')
         return sink, daemon
 
     def start(self, module: str, config: Path, name: str) -> None:
@@ -82,7 +95,9 @@ class Demo:
     def cli(self, *args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "liftshift.ctl", "--address", self.daemon_addr, *args]
         print(f"$ liftshift {' '.join(args)}", flush=True)
-        got = subprocess.run(cmd, text=True, capture_output=capture, check=False)
+        # The CLI finds the CA and its admin certificate in the demo's TLS directory.
+        got = subprocess.run(cmd, text=True, capture_output=capture, check=False,
+                             env={**os.environ, "LIFTSHIFT_TLS_DIR": str(self.tls)})
         if got.returncode != 0:
             raise RuntimeError(f"`liftshift {' '.join(args)}` exited {got.returncode}: {got.stderr or ''}")
         return got
@@ -110,6 +125,8 @@ class Demo:
 
 def run(demo: Demo) -> int:
     t0 = time.monotonic()
+    _say("a CA and certificates for mutual TLS (liftshift certs)")
+    demo.certificates()
     sink_cfg, daemon_cfg = demo.configs()
     _say(f"starting a sink (destination) on {demo.sink_addr} and a source daemon on {demo.daemon_addr}")
     demo.start("liftshift.sink.main", sink_cfg, "sink")

@@ -23,7 +23,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from liftshift.daemon.errors import LiftshiftError  # noqa: E402
 
-from . import cutover, estimate, inventory, migrate, replication, seed, status, vsphere  # noqa: E402
+from . import certs, credentials, cutover, estimate, inventory, migrate, replication, seed, status, vsphere  # noqa: E402,E501
 from .client import DEFAULT_ADDRESS, Client  # noqa: E402
 from .output import EXIT_CODES_HELP, EXIT_FAILED, Output  # noqa: E402
 
@@ -52,6 +52,7 @@ def _global_options(p: argparse.ArgumentParser, defaults: bool) -> None:
                    help="print the daemon's answer as JSON (errors as a JSON object on stderr)")
     p.add_argument("--timeout", type=_timeout, default=d(30.0), metavar="SECONDS",
                    help="deadline of each request (default 30; cutover, verify and --watch wait as long as needed)")
+    credentials.add_options(p, defaults)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,13 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (inventory, migrate, status, cutover, replication, vsphere, estimate, seed):
+    for module in (inventory, migrate, status, cutover, replication, vsphere, estimate, seed, certs):
         module.register(sub, common)
     return parser
 
 
 async def _run(args: argparse.Namespace, out: Output) -> int:
-    async with Client(args.address, timeout=args.timeout) as client:
+    async with Client(args.address, timeout=args.timeout, credentials=credentials.from_args(args)) as client:
         return int(await args.run(args, client, out))
 
 

@@ -25,12 +25,12 @@ from rich.table import Table
 
 from liftshift.daemon import seedfile, wire
 from liftshift.daemon.errors import LiftshiftError, from_rpc_error
-from liftshift.daemon.service import grpc_options
 from liftshift.iofilter.alloc import tune_malloc
 from liftshift.v1 import control_pb2 as cpb
 from liftshift.v1 import replication_pb2 as rpb
 
 from .client import Client
+from .credentials import Credentials
 from .output import Output
 from .units import fmt_bytes, fmt_rate
 
@@ -165,7 +165,8 @@ class ImportResult:
 
 
 async def import_seed(directory: str | os.PathLike[str], sink: str, *,
-                      progress: Callable[[int, int], None] | None = None) -> ImportResult:
+                      progress: Callable[[int, int], None] | None = None,
+                      credentials: Credentials | None = None) -> ImportResult:
     """Check the seed in ``directory`` and stream each disk into ``sink``.
 
     Raises :class:`~liftshift.daemon.seedfile.SeedInvalid` before anything is
@@ -180,7 +181,8 @@ async def import_seed(directory: str | os.PathLike[str], sink: str, *,
     t0 = time.monotonic()
     total = sum(d.data_bytes for d in m.disks)
     sent = 0
-    async with grpc.aio.insecure_channel(sink, options=grpc_options(MAX_MESSAGE)) as ch:
+    creds = credentials if credentials is not None else Credentials.resolve()
+    async with creds.channel(sink, MAX_MESSAGE) as ch:
         for disk in m.disks:
             hashes = seedfile.read_hashes(path, m, disk)
             fd = os.open(path / disk.image, os.O_RDONLY | os.O_CLOEXEC)
@@ -227,7 +229,7 @@ async def import_cmd(args: argparse.Namespace, client: Client, out: Output) -> i
             last[0] = now
             out.line(f"  {fmt_bytes(done)} of {fmt_bytes(total)}")
 
-    r = await import_seed(args.directory, args.sink, progress=progress)
+    r = await import_seed(args.directory, args.sink, progress=progress, credentials=client.credentials)
     if out.json:
         out.line(json.dumps({
             "seed_id": r.manifest.seed_id, "vm": r.manifest.vm, "seconds": round(r.seconds, 3),

@@ -46,11 +46,10 @@ from liftshift.iofilter import FLAG_CLOSE, RingConsumer
 from liftshift.v1 import replication_pb2 as pb
 from liftshift.v1 import replication_pb2_grpc
 
+from . import channels, wire
 from . import estimator_model as model
-from . import wire
 from .errors import FailedPrecondition, InvalidArgument, LiftshiftError, NotFound, Unavailable, from_rpc_error
 from .platform import Platform
-from .service import grpc_options
 from .state import StateStore
 
 log = logging.getLogger("liftshift.daemon.estimator")
@@ -329,7 +328,7 @@ class Estimates:
     async def _probe(self, rec: EstimateRec) -> None:
         """Send up to probe_bytes of random data (at most probe_seconds) to the sink; bytes/s made durable."""
         size = max(_PROBE_FRAME, rec.probe_bytes // _PROBE_FRAME * _PROBE_FRAME)
-        channel = grpc.aio.insecure_channel(rec.destination, options=grpc_options(self.max_message))
+        channel = channels.dial(rec.destination, self.max_message)
         try:
             stub = replication_pb2_grpc.ReplicationStub(channel)
             try:

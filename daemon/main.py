@@ -10,7 +10,7 @@ from pathlib import Path
 from liftshift.iofilter.alloc import tune_malloc
 from liftshift.v1 import control_pb2, control_pb2_grpc
 
-from . import config, estimator_model, service
+from . import access, config, estimator_model, service
 from .control import ControlServicer
 from .errors import LiftshiftError
 from .estimator import Estimates
@@ -40,9 +40,14 @@ def make_platform(cfg: DaemonConfig) -> Platform:
 
 async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | None = None) -> None:
     """Run the daemon until SIGTERM."""
+    tls = cfg.tls
+    access.client_credentials(insecure=tls.insecure, ca=tls.ca, cert=tls.client_cert, key=tls.client_key)
+    control_access = access.server_access("the Control service", cfg.listen, access.CONTROL_ROLES,
+                                          insecure=tls.insecure, cert=tls.cert, key=tls.key, ca=tls.ca,
+                                          tokens_file=tls.tokens_file)
     store = StateStore(cfg.state_dir / "daemon.db")
     replicators: dict[str, VdiskReplicator] = {}
-    server = service.make_server(cfg.max_message)
+    server = service.make_server(cfg.max_message, outer=[control_access.interceptor])
 
     platform = make_platform(cfg)
     migrations = Migrations(cfg, store, platform, replicators)
@@ -80,9 +85,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
             ControlServicer(replicators, platform, migrations, estimates, assumptions, seeds), server)
         names = [control_pb2.DESCRIPTOR.services_by_name["Control"].full_name]
         hs = service.add_health_and_reflection(server, names)
-        port = server.add_insecure_port(cfg.listen)
-        if port == 0:
-            raise LiftshiftError(f"cannot listen on {cfg.listen}")
+        port = access.add_port(server, cfg.listen, control_access.server_credentials)
         await seeds.resume()  # before migrations: a seeded VM's first start takes its tracker over
         await migrations.start()
         await estimates.resume()
@@ -97,8 +100,9 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
         vms = getattr(platform, "vms", None)
         where = (f"with {len(vms)} VM(s)" if vms is not None
                  else f"source {cfg.vsphere.source.url}, destination {cfg.vsphere.destination.url}")
-        log.info("liftshift-daemon listening on %s (port %d), platform %s %s, %d migration(s)",
-                 cfg.listen, port, platform.name, where, len(migrations.recs))
+        log.info("liftshift-daemon listening on %s (port %d, %s), platform %s %s, %d migration(s)",
+                 cfg.listen, port, "plain text" if tls.insecure else "mutual TLS", platform.name, where,
+                 len(migrations.recs))
 
         async def stop() -> None:
             await server.stop(5)

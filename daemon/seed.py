@@ -51,12 +51,11 @@ from liftshift.iofilter.ring import FLAG_CLOSE, FLAG_VOID
 from liftshift.v1 import replication_pb2 as pb
 from liftshift.v1 import replication_pb2_grpc
 
-from . import seedfile
+from . import channels, seedfile
 from .errors import FailedPrecondition, InvalidArgument, LiftshiftError, NotFound, from_rpc_error
 from .hashing import zero_digest
 from .migrations import _id_part
 from .platform import Platform
-from .service import grpc_options
 from .settings import DaemonConfig
 from .state import StateStore
 
@@ -261,7 +260,7 @@ class Seeds:
 
     async def sink_vdisks(self, sink: str) -> list[pb.VdiskInfo]:
         """The shadows ``sink`` holds (to check that a seed was imported there)."""
-        async with grpc.aio.insecure_channel(sink, options=grpc_options(self.cfg.max_message)) as ch:
+        async with channels.dial(sink, self.cfg.max_message) as ch:
             try:
                 got = await replication_pb2_grpc.ReplicationStub(ch).ListVdisks(pb.ListVdisksRequest(), timeout=30)
             except grpc.RpcError as e:
@@ -385,7 +384,7 @@ class Seeds:
     async def _plan(self, rec: SeedRec, sink: str, bg_chunk: int,
                     tracked: dict[str, tuple[int, list[int], int]]) -> dict[str, Handover]:
         out: dict[str, Handover] = {}
-        channel = grpc.aio.insecure_channel(sink, options=grpc_options(self.cfg.max_message))
+        channel = channels.dial(sink, self.cfg.max_message)
         try:
             stub = replication_pb2_grpc.ReplicationStub(channel)
             for d in rec.disks:

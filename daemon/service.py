@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -59,12 +59,17 @@ def grpc_options(max_message: int) -> list[tuple[str, int]]:
     ]
 
 
-def make_server(max_message: int) -> grpc.aio.Server:
-    """A grpc.aio server with the error interceptor and size limits."""
+def make_server(max_message: int, *, outer: Sequence[grpc.aio.ServerInterceptor] = (),
+                inner: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
+    """A grpc.aio server with the error interceptor and size limits.
+
+    ``outer`` interceptors run before the error interceptor (authentication:
+    a refused call never reaches it), ``inner`` ones between it and the
+    handler (they see the handler's own exceptions)."""
     # gRPC turns SO_REUSEPORT on by default: a second daemon configured with
     # the same port would then bind it too and silently take half of the
     # connections.  Off, the second daemon fails to start instead.
-    return grpc.aio.server(interceptors=[ErrorInterceptor()],
+    return grpc.aio.server(interceptors=[*outer, ErrorInterceptor(), *inner],
                            options=[*grpc_options(max_message), ("grpc.so_reuseport", 0)])
 
 

@@ -408,6 +408,9 @@ class DaemonConfig:
     metrics_listen: str = doc("", help="Prometheus /metrics address host:port (empty: off).")
 
     def check(self) -> None:
+        self.tls.check()  # also when there is no [tls] table: TLS is on by default
+        if self.metrics_listen and not re.match(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$", self.metrics_listen):
+            raise ConfigError(f"key 'metrics_listen': {self.metrics_listen!r} is not host:port")
         if self.chunk_size <= 0 or self.chunk_size & (self.chunk_size - 1):
             raise ConfigError(f"key 'chunk_size': {self.chunk_size} is not a power of two")
         if not 64 << 10 <= self.frame_bytes <= self.max_message // 2:

@@ -40,9 +40,9 @@ from liftshift.sink.destination import guest_command, pid_alive, pid_exists, rea
 from liftshift.v1 import common_pb2, destination_pb2_grpc
 from liftshift.v1 import destination_pb2 as dpb
 
+from . import channels
 from .errors import FailedPrecondition, LiftshiftError, NotFound, Unavailable, from_rpc_error
 from .platform import Disk, Platform, Power, ShadowDisk, VmInfo
-from .service import grpc_options
 from .settings import SimConfig, SimVm
 
 log = logging.getLogger("liftshift.daemon.sim")
@@ -95,7 +95,7 @@ class DestinationClient:
     def _stub(self, address: str) -> destination_pb2_grpc.DestinationStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(address, options=grpc_options(self._max))
+            ch = self._channels[address] = channels.dial(address, self._max)
         return destination_pb2_grpc.DestinationStub(ch)
 
     async def call(self, address: str, method: str, request: Any, timeout: float = 30) -> Any:

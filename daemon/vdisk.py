@@ -34,11 +34,10 @@ from liftshift.iofilter.ring import FLAG_VOID, REC, WORD_PAD
 from liftshift.v1 import replication_pb2 as pb
 from liftshift.v1 import replication_pb2_grpc
 
-from . import hashing, wire
+from . import channels, hashing, wire
 from .core import BACKGROUND, REPAIR, RESYNC, ReadPlan, VdiskSync
 from .errors import LiftshiftError, from_rpc_error
 from .lag import LagWindow
-from .service import grpc_options
 from .settings import DaemonConfig, ReplicateSpec
 from .state import StateStore
 from .verifymap import VerifyMap
@@ -199,7 +198,7 @@ class VdiskReplicator:
 
     async def _open(self) -> replication_pb2_grpc.ReplicationStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.spec.sink, options=grpc_options(self.cfg.max_message))
+            self._channel = channels.dial(self.spec.sink, self.cfg.max_message)
             self._stub = replication_pb2_grpc.ReplicationStub(self._channel)
         return self._stub
 

@@ -56,10 +56,9 @@ from liftshift.iofilter.ring import Mapped, RingClosedError, RingError
 from liftshift.v1 import replication_pb2 as rpb
 from liftshift.v1 import replication_pb2_grpc
 
-from . import vmdk
+from . import channels, vmdk
 from .errors import FailedPrecondition, LiftshiftError, NotFound, Unavailable, from_rpc_error
 from .platform import Disk, Nic, Platform, Power, ShadowDisk, VmInfo
-from .service import grpc_options
 from .settings import VsphereConfig
 from .vsphere import NotCapturable, ShadowVmSpec, VsphereClient, VsphereDisk, VsphereVm, capturable
 
@@ -300,8 +299,7 @@ class VspherePlatform(Platform):
     async def _sink_vdisks(self, destination: str) -> dict[str, rpb.VdiskInfo]:
         ch = self._channels.get(destination)
         if ch is None:
-            ch = self._channels[destination] = grpc.aio.insecure_channel(destination,
-                                                                         options=grpc_options(self._max))
+            ch = self._channels[destination] = channels.dial(destination, self._max)
         try:
             got = await replication_pb2_grpc.ReplicationStub(ch).ListVdisks(rpb.ListVdisksRequest(), timeout=30)
         except grpc.RpcError as e:

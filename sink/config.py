@@ -47,6 +47,15 @@ class SinkConfig:
                                        "earlier ones are applied and synced (at least one frame always fits).",
                              size=True)
     max_hash_chunks: int = doc(65536, "Most chunks one HashRanges call may ask for.")
+    tls_cert: Path | None = doc(None, "PEM server certificate the sink presents (`liftshift certs issue DIR NAME "
+                                      "--server --san HOST`); mutual TLS is on by default.")
+    tls_key: Path | None = doc(None, "Its private key.")
+    tls_ca: Path | None = doc(None, "CA certificate(s) clients (the source daemon, `seed import`) must chain to; "
+                                    "a client certificate from any other CA is refused in the handshake.")
+    tokens_file: Path | None = doc(None, "Bearer tokens accepted besides client certificates "
+                                         "(`name role sha256-of-token` lines).")
+    insecure: bool = doc(False, "Plain text, every caller admin: only on a loopback `listen` address, logged as "
+                                "a warning (demo, tests).")
     reserve_free_bytes: int = doc(1 << 30, "Free space a seed import leaves in `data_dir`: an import whose data "
                                            "would eat into it is refused before anything is written.", size=True)
     shutdown_grace_s: float = doc(5.0, "On SIGTERM, seconds in-flight RPCs get to finish before they are "
@@ -78,6 +87,12 @@ class SinkConfig:
             raise ConfigError(f"key 'stream_buffer': expected at least {MIN_MESSAGE} bytes, got {self.stream_buffer}")
         if not 1 <= self.max_hash_chunks <= 1 << 20:
             raise ConfigError(f"key 'max_hash_chunks': expected 1 to {1 << 20}, got {self.max_hash_chunks}")
+        if not self.insecure:
+            for key in ("tls_cert", "tls_key", "tls_ca"):
+                if getattr(self, key) is None:
+                    raise ConfigError(f"key '{key}' is required: mutual TLS is on by default (`liftshift certs init "
+                                      "DIR` makes a quick-start CA and certificates; insecure = true listens in "
+                                      "plain text on loopback only)")
         if self.reserve_free_bytes < 0:
             raise ConfigError(f"key 'reserve_free_bytes': must not be negative, got {self.reserve_free_bytes}")
         if not 0 <= self.shutdown_grace_s <= 3600:

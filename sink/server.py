@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from liftshift.daemon import service, wire
+from liftshift.daemon import access, service, wire
 from liftshift.daemon.errors import InvalidArgument, OutOfRange, TooLarge, Unavailable
 from liftshift.daemon.hashing import hash_ranges
 from liftshift.v1 import destination_pb2_grpc, replication_pb2_grpc
@@ -193,7 +193,10 @@ class SinkServer:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.state = SinkState(config.state_path)
         self.registry = VdiskRegistry(self.state, config.data_dir)
-        self.server = service.make_server(config.max_message)
+        self.access = access.server_access("the sink", config.listen, access.SINK_ROLES, insecure=config.insecure,
+                                           cert=config.tls_cert, key=config.tls_key, ca=config.tls_ca,
+                                           tokens_file=config.tokens_file)
+        self.server = service.make_server(config.max_message, outer=[self.access.interceptor])
         add_to_server(ReplicationServicer(self.registry, config), self.server)
         self.destination = destination.DestinationServicer(self.registry, config.state_path / "vms")
         destination_pb2_grpc.add_DestinationServicer_to_server(self.destination, self.server)
@@ -204,7 +207,7 @@ class SinkServer:
     async def start(self) -> int:
         """Listen, start serving, report SERVING; return the bound port."""
         try:
-            self.port = self.server.add_insecure_port(self.config.listen)
+            self.port = access.add_port(self.server, self.config.listen, self.access.server_credentials)
         except RuntimeError as e:  # grpc raises when it cannot bind
             raise Unavailable(f"cannot listen on {self.config.listen}: {e}",
                               hint="check the 'listen' key; is another process on that port?") from None
@@ -212,7 +215,8 @@ class SinkServer:
             raise Unavailable(f"cannot listen on {self.config.listen}")
         await self.server.start()
         await service.mark_serving(self.health, self.services)
-        log.info("sink serving on %s (port %d), data in %s", self.config.listen, self.port, self.config.data_dir)
+        log.info("sink serving on %s (port %d, %s), data in %s", self.config.listen, self.port,
+                 "plain text" if self.config.insecure else "mutual TLS", self.config.data_dir)
         return self.port
 
     async def stop(self) -> None:

@@ -72,7 +72,8 @@ class Pair:
 
     def start_sink(self) -> DaemonProcess:
         cfg = self.root / "sink.toml"
-        cfg.write_text(f'listen = "127.0.0.1:{self.sink_port}"\ndata_dir = "{self.data}"\nfsync_window_ms = 5\n')
+        cfg.write_text(f'listen = "127.0.0.1:{self.sink_port}"\ndata_dir = "{self.data}"\nfsync_window_ms = 5\n'
+                       "insecure = true\n")
         pf = self.root / "sink.port"
         self.sink = start_process(python_module("liftshift.sink.main", "--config", cfg, "--port-file", pf), pf,
                                   cleanup=self.cleanup)
@@ -84,6 +85,7 @@ class Pair:
         cfg.write_text(
             f'listen = "127.0.0.1:0"\nstate_dir = "{self.root / "daemon-state"}"\nreconnect_max_s = 0.5\n'
             f"{self.daemon_extra}\n"
+            "[tls]\ninsecure = true\n"
             f'[[replicate]]\nvdisk_id = "{self.vdisk_id}"\nring = "{self.ring}"\nsource = "{self.source}"\n'
             f'sink = "127.0.0.1:{port}"\n')
         pf = self.root / "daemon.port"

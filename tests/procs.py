@@ -12,7 +12,7 @@ Typical use::
 
     def test_x(tmp_path, request):
         cfg = tmp_path / "sink.toml"
-        cfg.write_text(f'data_dir = "{tmp_path}/data"\\nlisten = "127.0.0.1:0"\\n')
+        cfg.write_text(f'data_dir = "{tmp_path}/data"\\nlisten = "127.0.0.1:0"\\ninsecure = true\\n')
         port_file = tmp_path / "port"
         sink = start_process(python_module("liftshift.sink.main", "--config", cfg, "--port-file", port_file),
                              port_file, cleanup=request.addfinalizer)
@@ -91,11 +91,12 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def wait_serving(address: str, *, service: str = "", timeout: float = START_TIMEOUT_S,
-                 alive: Callable[[], bool] = lambda: True) -> None:
-    """Poll gRPC health at ``address`` until ``service`` is SERVING."""
+                 alive: Callable[[], bool] = lambda: True, credentials: grpc.ChannelCredentials | None = None) -> None:
+    """Poll gRPC health at ``address`` (over TLS with ``credentials``) until ``service`` is SERVING."""
     deadline = time.monotonic() + timeout
     last: object = None
-    with grpc.insecure_channel(address) as channel:
+    channel = grpc.secure_channel(address, credentials) if credentials is not None else grpc.insecure_channel(address)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline and alive():
             try:
@@ -113,7 +114,8 @@ def start_process(args: Sequence[str | os.PathLike[str]], port_file: str | os.Pa
                   env: dict[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
                   cleanup: Callable[[Callable[[], None]], object] | None = None, host: str = "127.0.0.1",
                   health_service: str = "", log_path: str | os.PathLike[str] | None = None,
-                  timeout: float = START_TIMEOUT_S) -> DaemonProcess:
+                  timeout: float = START_TIMEOUT_S,
+                  credentials: grpc.ChannelCredentials | None = None) -> DaemonProcess:
     """Start ``args`` as a process and wait until it serves.
 
     ``env`` is added to this process's environment; ``cleanup`` (for example
@@ -153,7 +155,7 @@ def start_process(args: Sequence[str | os.PathLike[str]], port_file: str | os.Pa
             time.sleep(0.02)
     try:
         wait_serving(f"{host}:{port}", service=health_service, timeout=max(1.0, deadline - time.monotonic()),
-                     alive=lambda: proc.poll() is None)
+                     alive=lambda: proc.poll() is None, credentials=credentials)
     except TimeoutError as e:
         raise fail(str(e)) from None
     if proc.poll() is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 from e2e import free_port
+from pki import make_pki
 from procs import DaemonProcess, python_module, start_process
 
 from liftshift.daemon.errors import LiftshiftError, from_rpc_error
@@ -62,6 +63,7 @@ class Site:
     sink_port: int = field(default_factory=free_port)
     daemon_port: int = field(default_factory=free_port)
     daemon_extra: str = ""
+    tls_extra: str = ""  # more keys of the daemon's [tls] table
     boot_digest: bool = False  # every VM's guest reports the digests of what it booted from
     sink: DaemonProcess | None = None
     daemon: DaemonProcess | None = None
@@ -71,6 +73,19 @@ class Site:
         self.sim_dir = self.root / "sim"
         self.data = self.root / "sink-data"
         self.cleanup(self.kill_guests)
+        # Mutual TLS, as in production; the CLI run by the test finds its
+        # credentials through LIFTSHIFT_TLS_DIR (restored when the test ends).
+        self.pki = make_pki(self.root / "tls")
+        old = os.environ.get("LIFTSHIFT_TLS_DIR")
+        os.environ["LIFTSHIFT_TLS_DIR"] = str(self.pki.dir)
+
+        def restore() -> None:
+            if old is None:
+                os.environ.pop("LIFTSHIFT_TLS_DIR", None)
+            else:
+                os.environ["LIFTSHIFT_TLS_DIR"] = old
+
+        self.cleanup(restore)
         for v in self.vms:
             v.boot_digest = v.boot_digest or self.boot_digest
 
@@ -85,10 +100,10 @@ class Site:
     def start_sink(self) -> DaemonProcess:
         cfg = self.root / "sink.toml"
         cfg.write_text(f'listen = "{self.destination}"\ndata_dir = "{self.data}"\nfsync_window_ms = 5\n'
-                       "stop_vms_on_exit = true\n")
+                       "stop_vms_on_exit = true\n" + self.pki.sink_toml())
         pf = self.root / "sink.port"
         self.sink = start_process(python_module("liftshift.sink.main", "--config", cfg, "--port-file", pf), pf,
-                                  cleanup=self.cleanup)
+                                  cleanup=self.cleanup, credentials=self.pki.credentials())
         return self.sink
 
     def daemon_config(self) -> Path:
@@ -97,7 +112,7 @@ class Site:
             f'listen = "{self.address}"\nstate_dir = "{self.root / "daemon-state"}"\nreconnect_max_s = 0.5\n'
             f"progress_interval_ms = 100\n{self.daemon_extra}\n"
             f'[sim]\ndir = "{self.sim_dir}"\nring_dir = "{self.shm}"\nring_capacity = {8 * MiB}\n'
-            + "".join(v.toml() for v in self.vms))
+            + "".join(v.toml() for v in self.vms) + self.pki.daemon_toml(self.tls_extra))
         return cfg
 
     def start_daemon(self) -> DaemonProcess:
@@ -105,7 +120,7 @@ class Site:
         pf = self.root / "daemon.port"
         pf.unlink(missing_ok=True)
         self.daemon = start_process(python_module("liftshift.daemon.main", "--config", cfg, "--port-file", pf),
-                                    pf, cleanup=self.cleanup)
+                                    pf, cleanup=self.cleanup, credentials=self.pki.credentials())
         return self.daemon
 
     def start(self) -> Site:
@@ -116,7 +131,7 @@ class Site:
     # -- control -------------------------------------------------------------
 
     def stub(self) -> control_pb2_grpc.ControlStub:
-        return control_pb2_grpc.ControlStub(grpc.insecure_channel(self.address))
+        return control_pb2_grpc.ControlStub(grpc.secure_channel(self.address, self.pki.credentials()))
 
     def call(self, method: str, request: object, timeout: float = 60) -> object:
         """A Control RPC; a refusal is raised as the server's typed error."""

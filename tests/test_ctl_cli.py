@@ -639,7 +639,8 @@ async def test_unreachable_daemon_exits_4_naming_the_address() -> None:
     assert r.rc == 4 and r.out == ""
     first, hint = r.err.splitlines()
     assert first.startswith(f"liftshift: cannot reach the liftshift daemon at {addr}")
-    assert hint == f"  hint: check that liftshift-daemon is running and listening on {addr}"
+    assert hint.startswith(f"  hint: check that liftshift-daemon is running and listening on {addr}; ")
+    assert "TLS" in hint  # which credentials were used (here: none found), for a failed handshake
     r = await cli("--json", "status", "--watch", address=addr)
     assert r.rc == 4 and r.error()["type"] == "Unavailable" and addr in r.error()["hint"]
 

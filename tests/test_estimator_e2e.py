@@ -43,7 +43,7 @@ def test_prediction_matches_the_real_migration_over_a_throttled_link(tmp_path, s
                 daemon_extra='converge_threshold = "4MiB"\n').start()
     proxy = start_process([sys.executable, str(Path(__file__).with_name("tcpproxy.py")), str(site.sink_port),
                            str(LINK_BPS), str(tmp_path / "proxy.port")], tmp_path / "proxy.port",
-                          cleanup=request.addfinalizer)
+                          cleanup=request.addfinalizer, credentials=site.pki.credentials())
     link = proxy.address
 
     e = site.call("StartEstimate", cpb.StartEstimateRequest(vms=["app-1"], destination=link, window_seconds=12,
@@ -117,7 +117,7 @@ def test_estimate_cli_start_show_stop(tmp_path, shm_dir, request) -> None:
 
     bad = cli("estimate", "start", "web-1", "--destination", site.destination, "--window", "forever")
     assert bad.returncode == 2 and "not a duration" in bad.stderr, bad
-    started = cli("estimate", "start", "web-1", "--destination", site.destination, "--window", "6s",
+    started = cli("estimate", "start", "web-1", "--destination", site.destination, "--window", "30s",
                   "--interval", "1s", "--probe-bytes", "16MiB", "--probe-time", "2s")
     assert started.returncode == 0 and "usable bandwidth" in started.stdout, started
     time.sleep(3)

@@ -63,7 +63,8 @@ def qemu_config(tmp_path: Path, shm_dir: Path, *, seed: int = 11) -> QemuConfig:
 async def env(tmp_path: Path, shm_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[ContractEnv]:
     port = free_port()
     scfg = tmp_path / "sink.toml"
-    scfg.write_text(f'listen = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "sink-data"}"\nstop_vms_on_exit = true\n')
+    scfg.write_text(f'listen = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "sink-data"}"\nstop_vms_on_exit = true\n'
+                     "insecure = true\n")
     start_process(python_module("liftshift.sink.main", "--config", scfg, "--port-file", tmp_path / "sink.port"),
                   tmp_path / "sink.port", cleanup=request.addfinalizer)
     platform = QemuPlatform(qemu_config(tmp_path, shm_dir), tmp_path / "qemu")

@@ -27,7 +27,7 @@ async def env(tmp_path: Path, shm_dir: Path, request: pytest.FixtureRequest) -> 
     port = free_port()
     data = tmp_path / "sink-data"
     cfg = tmp_path / "sink.toml"
-    cfg.write_text(f'listen = "127.0.0.1:{port}"\ndata_dir = "{data}"\nstop_vms_on_exit = true\n')
+    cfg.write_text(f'listen = "127.0.0.1:{port}"\ndata_dir = "{data}"\nstop_vms_on_exit = true\ninsecure = true\n')
     start_process(python_module("liftshift.sink.main", "--config", cfg, "--port-file", tmp_path / "sink.port"),
                   tmp_path / "sink.port", cleanup=request.addfinalizer)
     # Kills any guest left behind (source or destination), whatever the test did.

@@ -55,7 +55,7 @@ def sites(tmp_path: Path, shm_dir: Path, request: pytest.FixtureRequest) -> Site
     port = free_port()
     data = dst.datastore_dir / "liftshift"
     cfg = tmp_path / "sink.toml"
-    cfg.write_text(f'listen = "127.0.0.1:{port}"\ndata_dir = "{data}"\n')
+    cfg.write_text(f'listen = "127.0.0.1:{port}"\ndata_dir = "{data}"\ninsecure = true\n')
     start_process(python_module("liftshift.sink.main", "--config", cfg, "--port-file", tmp_path / "sink.port"),
                   tmp_path / "sink.port", cleanup=request.addfinalizer)
     vcfg = VsphereConfig(source=side(src), destination=side(dst), datastores={"LocalDS_0": str(src.datastore_dir)},

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from e2e import free_port
 from guestimage import build_initramfs, dataset_sha256, guest_append, guest_kernel
+from pki import Pki, make_pki
 from procs import DaemonProcess, python_module, start_process
 from tooling import require_tool as tool
 
@@ -37,11 +38,12 @@ class QemuSite:
     sink: DaemonProcess
     daemon: DaemonProcess
     data: Path
+    pki: Pki
 
     def call(self, method: str, request: object, timeout: float = 120) -> object:
         import grpc
 
-        with grpc.insecure_channel(self.daemon.address) as ch:
+        with grpc.secure_channel(self.daemon.address, self.pki.credentials()) as ch:
             try:
                 return getattr(control_pb2_grpc.ControlStub(ch), method)(request, timeout=timeout)
             except grpc.RpcError as e:
@@ -73,22 +75,23 @@ class QemuSite:
 
 def start_site(root: Path, shm: Path, vms_toml: str, cleanup: object) -> QemuSite:
     root.mkdir(parents=True, exist_ok=True)
+    pki = make_pki(root / "tls")  # the migration suite runs with mutual TLS
     data = root / "sink-data"
     sink_port, daemon_port = free_port(), free_port()
     scfg = root / "sink.toml"
     scfg.write_text(f'listen = "127.0.0.1:{sink_port}"\ndata_dir = "{data}"\nfsync_window_ms = 5\n'
-                    "stop_vms_on_exit = true\n")
+                    "stop_vms_on_exit = true\n" + pki.sink_toml())
     sink = start_process(python_module("liftshift.sink.main", "--config", scfg, "--port-file", root / "sink.port"),
-                         root / "sink.port", cleanup=cleanup)  # type: ignore[arg-type]
+                         root / "sink.port", cleanup=cleanup, credentials=pki.credentials())  # type: ignore[arg-type]
     dcfg = root / "daemon.toml"
     dcfg.write_text(f'listen = "127.0.0.1:{daemon_port}"\nstate_dir = "{root / "state"}"\nreconnect_max_s = 0.5\n'
                     'progress_interval_ms = 100\nplatform = "qemu"\n'
                     f'[qemu]\ndir = "{root / "qemu"}"\nring_dir = "{shm}"\nring_capacity = "8MiB"\naccel = "tcg"\n'
-                    f"powerdown_timeout_s = 60\nstop_vms_on_exit = true\n{vms_toml}")
+                    f"powerdown_timeout_s = 60\nstop_vms_on_exit = true\n{vms_toml}\n{pki.daemon_toml()}")
     daemon = start_process(python_module("liftshift.daemon.main", "--config", dcfg, "--port-file",
                                          root / "daemon.port"), root / "daemon.port", cleanup=cleanup,
-                           timeout=120)  # type: ignore[arg-type]
-    return QemuSite(root, sink, daemon, data)
+                           timeout=120, credentials=pki.credentials())  # type: ignore[arg-type]
+    return QemuSite(root, sink, daemon, data, pki)
 
 
 def test_real_linux_guest_is_migrated_live_and_boots_at_the_destination(tmp_path: Path, shm_dir: Path,

@@ -60,7 +60,7 @@ def sink_vdisks(site: Site, sink: str | None = None) -> list[str]:
     from liftshift.v1 import replication_pb2 as rpb
     from liftshift.v1 import replication_pb2_grpc
 
-    with grpc.insecure_channel(sink or site.destination) as ch:
+    with grpc.secure_channel(sink or site.destination, site.pki.credentials()) as ch:
         got = replication_pb2_grpc.ReplicationStub(ch).ListVdisks(rpb.ListVdisksRequest(), timeout=10)
     return [v.vdisk_id for v in got.vdisks]
 
@@ -193,9 +193,9 @@ def test_bad_seeds_are_refused_and_nothing_is_written(tmp_path, shm_dir, request
     full.mkdir()
     port_file = full / "port"
     (full / "sink.toml").write_text(f'listen = "127.0.0.1:0"\ndata_dir = "{full / "data"}"\n'
-                                    'reserve_free_bytes = "1000TiB"\n')
+                                    'reserve_free_bytes = "1000TiB"\n' + site.pki.sink_toml())
     start_process(python_module("liftshift.sink.main", "--config", full / "sink.toml", "--port-file", port_file),
-                  port_file, cleanup=request.addfinalizer)
+                  port_file, cleanup=request.addfinalizer, credentials=site.pki.credentials())
     full_sink = f"127.0.0.1:{port_file.read_text().strip()}"
     refused(tmp_path / "seed-a", "needs", full_sink)
     assert not any(p.name.endswith(".vmdk") for p in (full / "data").glob("*"))

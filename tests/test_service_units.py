@@ -63,10 +63,10 @@ def test_ready_after_listening_and_stopping_on_sigterm(which: str, tmp_path: Pat
     cfg = tmp_path / f"{which}.toml"
     if which == "daemon":
         cfg.write_text(f'listen = "127.0.0.1:{port}"\nstate_dir = "{tmp_path / "state"}"\n'
-                       f'[sim]\ndir = "{tmp_path / "sim"}"\nring_dir = "{shm_dir}"\n')
+                       f'[sim]\ndir = "{tmp_path / "sim"}"\nring_dir = "{shm_dir}"\n[tls]\ninsecure = true\n')
         module = "liftshift.daemon.main"
     else:
-        cfg.write_text(f'listen = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "data"}"\n')
+        cfg.write_text(f'listen = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "data"}"\ninsecure = true\n')
         module = "liftshift.sink.main"
     sock, path = _notify_socket(tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", module, "--config", str(cfg)],

@@ -61,7 +61,8 @@ class Sink:
 def start_sink(base: Path, cleanup: Callable[[Callable[[], None]], object]) -> Sink:
     base.mkdir(parents=True, exist_ok=True)
     cfg = base / "sink.toml"
-    cfg.write_text(f'data_dir = "{base}/data"\nlisten = "127.0.0.1:0"\nfsync_window_ms = 5\nlog_level = "debug"\n')
+    cfg.write_text(f'data_dir = "{base}/data"\nlisten = "127.0.0.1:0"\nfsync_window_ms = 5\nlog_level = "debug"\n'
+                   "insecure = true\n")
     port_file = base / "port"
     # max_message comes from the environment, to prove overrides reach the running daemon.
     env = {"LIFTSHIFT_SINK_MAX_MESSAGE": "4MiB"}
@@ -465,6 +466,6 @@ def test_second_sink_on_the_same_state_is_refused(sink: Sink) -> None:
 
 def test_a_port_in_use_is_refused(sink: Sink, tmp_path: Path) -> None:
     cfg = tmp_path / "clash.toml"
-    cfg.write_text(f'data_dir = "{tmp_path}/data"\nlisten = "127.0.0.1:{sink.proc.port}"\n')
+    cfg.write_text(f'data_dir = "{tmp_path}/data"\nlisten = "127.0.0.1:{sink.proc.port}"\ninsecure = true\n')
     r = subprocess.run(python_module(SINK_MODULE, "--config", cfg), capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{sink.proc.port}" in r.stderr, r.stderr

@@ -471,17 +471,17 @@ def test_state_persists_monotonically_and_is_exclusive(tmp_path: Path) -> None:
 
 def test_config_env_overrides_and_errors_name_key_and_file(tmp_path: Path) -> None:
     cfg = tmp_path / "sink.toml"
-    cfg.write_text(f'data_dir = "{tmp_path}"\nmax_message = "4MiB"\n')
+    cfg.write_text(f'data_dir = "{tmp_path}"\nmax_message = "4MiB"\ninsecure = true\n')
     c = load_config(str(cfg), {"LIFTSHIFT_SINK_LISTEN": "0.0.0.0:0", "LIFTSHIFT_SINK_FSYNC_WINDOW_MS": "2.5"})
     assert (c.listen, c.fsync_window_ms, c.max_message) == ("0.0.0.0:0", 2.5, 4 << 20)
     assert c.state_path == tmp_path / ".liftshift-sink"
     for text, key in [('listen = "nope"', "listen"), ("max_message = 10", "max_message"),
                       ('max_message = "lots"', "max_message"), ('log_level = "loud"', "log_level"),
                       ("fsync_window_ms = -1", "fsync_window_ms"), ("colour = 1", "colour")]:
-        cfg.write_text(f'data_dir = "{tmp_path}"\n{text}\n')
+        cfg.write_text(f'data_dir = "{tmp_path}"\ninsecure = true\n{text}\n')
         with pytest.raises(ConfigError, match=f"{cfg}.*'{key}'"):
             load_config(str(cfg), {})
-    cfg.write_text('listen = "127.0.0.1:0"\n')
+    cfg.write_text('listen = "127.0.0.1:0"\ninsecure = true\n')
     with pytest.raises(ConfigError, match="required key 'data_dir'"):
         load_config(str(cfg), {})
     ref = reference_markdown()
@@ -519,5 +519,6 @@ async def test_one_frame_larger_than_the_limit_still_fits() -> None:
 def test_example_config_loads_and_matches_the_defaults() -> None:
     example = Path(__file__).resolve().parent.parent / "sink" / "sink.example.toml"
     c = load_config(str(example), {})
-    d = SinkConfig(data_dir=c.data_dir)
+    d = SinkConfig(data_dir=c.data_dir, tls_cert=c.tls_cert, tls_key=c.tls_key, tls_ca=c.tls_ca)
+    assert c.tls_cert is not None and not c.insecure  # the example shows mutual TLS
     assert c == d, "sink.example.toml drifted from SinkConfig's defaults"

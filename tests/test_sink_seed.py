@@ -38,7 +38,7 @@ SEED = "s-0123abcd"
 def sink(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> tuple[str, Path]:
     base = tmp_path_factory.mktemp("seedsink")
     cfg = base / "sink.toml"
-    cfg.write_text(f'data_dir = "{base}/data"\nlisten = "127.0.0.1:0"\nreserve_free_bytes = 0\n')
+    cfg.write_text(f'data_dir = "{base}/data"\nlisten = "127.0.0.1:0"\nreserve_free_bytes = 0\ninsecure = true\n')
     port_file = base / "port"
     start_process(python_module("liftshift.sink.main", "--config", cfg, "--port-file", port_file), port_file,
                   cleanup=request.addfinalizer)

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from e2e import free_port
 from esxhost import EsxHost, make_vm
+from pki import Pki, make_pki
 from procs import DaemonProcess, python_module, start_process
 from pyVim.connect import Disconnect
 from pyVmomi import vim
@@ -51,6 +52,7 @@ class VsphereSite:
     sink: DaemonProcess
     daemon: DaemonProcess
     data: Path
+    pki: Pki
 
     @property
     def destination(self) -> str:
@@ -59,7 +61,7 @@ class VsphereSite:
     async def cli(self, *args: str, timeout: float = 120) -> Run:
         """``liftshift --address DAEMON ARGS`` as a process (pipes, not a terminal)."""
         cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "liftshift.ctl"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIFTSHIFT_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LIFTSHIFT_")} | self.pki.cli_env()
         proc = await asyncio.create_subprocess_exec(*cmd, "--address", self.daemon.address, *args,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                                                     env=env)
@@ -137,11 +139,12 @@ def site(tmp_path: Path, shm_dir: Path, request: pytest.FixtureRequest) -> Vsphe
     host.start()
     request.addfinalizer(host.stop)
     data = dst.datastore_dir / "liftshift"
+    pki = make_pki(tmp_path / "tls")  # the migration suite runs with mutual TLS
     sink_port, daemon_port = free_port(), free_port()
     scfg = tmp_path / "sink.toml"
-    scfg.write_text(f'listen = "127.0.0.1:{sink_port}"\ndata_dir = "{data}"\nfsync_window_ms = 5\n')
+    scfg.write_text(f'listen = "127.0.0.1:{sink_port}"\ndata_dir = "{data}"\nfsync_window_ms = 5\n' + pki.sink_toml())
     sink = start_process(python_module("liftshift.sink.main", "--config", scfg, "--port-file", tmp_path / "sink.port"),
-                         tmp_path / "sink.port", cleanup=request.addfinalizer)
+                         tmp_path / "sink.port", cleanup=request.addfinalizer, credentials=pki.credentials())
     pw = tmp_path / "source.pw"
     pw.write_text(src.password + "\n")
     pw.chmod(0o600)
@@ -155,13 +158,13 @@ def site(tmp_path: Path, shm_dir: Path, request: pytest.FixtureRequest) -> Vsphe
         f'ca_file = "{src.cert_file}"\n'
         f'[vsphere.destination]\nurl = "{dst.url}"\nuser = "{dst.username}"\npassword_env = "LS_TEST_DST_PW"\n'
         f'ca_file = "{dst.cert_file}"\ndatastore = "LocalDS_0"\nshadow_dir = "liftshift"\n'
-        'network_map = { "VM Network" = "DC0_DVPG0" }\n')
+        'network_map = { "VM Network" = "DC0_DVPG0" }\n' + pki.daemon_toml())
     os.environ["LS_TEST_DST_PW"] = dst.password  # read by the daemon process at start
     request.addfinalizer(lambda: os.environ.pop("LS_TEST_DST_PW", None))
     daemon = start_process(python_module("liftshift.daemon.main", "--config", dcfg, "--port-file",
                                          tmp_path / "daemon.port"), tmp_path / "daemon.port",
-                           cleanup=request.addfinalizer)
-    return VsphereSite(src, dst, host, sink, daemon, data)
+                           cleanup=request.addfinalizer, credentials=pki.credentials())
+    return VsphereSite(src, dst, host, sink, daemon, data, pki)
 
 
 async def test_live_migration_with_automatic_cutover(site: VsphereSite) -> None:
@@ -275,8 +278,8 @@ async def test_untrusted_certificate_and_wrong_password_are_clear_errors(site: V
                        .replace(str(tmp_path / "daemon-state"), str(tmp_path / f"state-{name}")))
         bad = start_process(python_module("liftshift.daemon.main", "--config", cfg, "--port-file",
                                           tmp_path / f"{name}.port"), tmp_path / f"{name}.port",
-                            cleanup=request.addfinalizer)
-        other = VsphereSite(site.src, site.dst, site.host, site.sink, bad, site.data)
+                            cleanup=request.addfinalizer, credentials=site.pki.credentials())
+        other = VsphereSite(site.src, site.dst, site.host, site.sink, bad, site.data, site.pki)
         got = await other.cli("inventory")
         assert got.rc != 0 and needle in got.err.lower(), (name, got)
         got = await other.cli("migrate", "create", "app1", "--dest", site.destination)

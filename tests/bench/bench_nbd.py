@@ -194,7 +194,7 @@ class _Site:
         root.mkdir()
         scfg = root / "sink.toml"
         scfg.write_text(f'listen = "127.0.0.1:{free_port()}"\ndata_dir = "{root / "sink-data"}"\n'
-                        "stop_vms_on_exit = true\n")
+                        "stop_vms_on_exit = true\ninsecure = true\n")
         self.sink = start_process(python_module("liftshift.sink.main", "--config", scfg, "--port-file",
                                                 root / "sink.port"), root / "sink.port", cleanup=self.stops.append)
         self.pids["sink"] = self.sink.proc.pid
@@ -205,7 +205,7 @@ class _Site:
             f'[qemu]\ndir = "{root / "qemu"}"\nring_dir = "{root / "rings"}"\naccel = "tcg"\n'
             "stop_vms_on_exit = true\n"
             f'[[qemu.vm]]\nname = "{VM}"\nheadless = true\n'
-            f'[[qemu.vm.disks]]\nname = "disk0"\nimage = "{self.image}"\n')
+            f'[[qemu.vm.disks]]\nname = "disk0"\nimage = "{self.image}"\n[tls]\ninsecure = true\n')
         self.daemon: DaemonProcess = start_process(
             python_module("liftshift.daemon.main", "--config", dcfg, "--port-file", root / "daemon.port"),
             root / "daemon.port", cleanup=self.stops.append, timeout=60)

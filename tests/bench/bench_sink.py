@@ -110,7 +110,8 @@ def run() -> list[dict]:
             rows.append(result(f"sink.apply {record_size // 1024}KiB records", "throughput", rate, "MiB/s",
                                "os.pwrite of the payloads", base_rate))
             cfg = base / f"sink{record_size}.toml"
-            cfg.write_text(f'data_dir = "{base}/data{record_size}"\nlisten = "127.0.0.1:0"\nlog_level = "warning"\n')
+            cfg.write_text(f'data_dir = "{base}/data{record_size}"\nlisten = "127.0.0.1:0"\nlog_level = "warning"\n'
+                           "insecure = true\n")
             port_file = base / f"port{record_size}"
             proc = start_process(python_module("liftshift.sink.main", "--config", cfg, "--port-file", port_file),
                                  port_file)
