@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ from liftshift.iofilter.alloc import tune_malloc
 from liftshift.v1 import control_pb2, control_pb2_grpc
 
 from . import config, estimator_model, service
+from .audit import AuditLog
 from .control import ControlServicer
+from .control_audit import AuditInterceptor, check_log, daemon_resolvers
 from .errors import LiftshiftError
 from .estimator import Estimates
 from .migrations import Migrations
@@ -40,9 +43,11 @@ def make_platform(cfg: DaemonConfig) -> Platform:
 
 async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | None = None) -> None:
     """Run the daemon until SIGTERM."""
+    audit = AuditLog(cfg.state_dir / "audit.log")  # AuditInUse: another daemon runs on this state directory
+    auditor = AuditInterceptor(audit)
     store = StateStore(cfg.state_dir / "daemon.db")
     replicators: dict[str, VdiskReplicator] = {}
-    server = service.make_server(cfg.max_message)
+    server = service.make_server(cfg.max_message, interceptors=[auditor])
 
     platform = make_platform(cfg)
     migrations = Migrations(cfg, store, platform, replicators)
@@ -59,6 +64,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
         return f"is being observed by estimate {e.id}" if e is not None else None
 
     seeds.busy = busy
+    auditor.resolvers = daemon_resolvers(migrations, estimates, seeds)
 
     async def start():  # type: ignore[no-untyped-def]
         for spec in cfg.replicate:
@@ -77,7 +83,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
                                                else platform.typical_power_on_s)
 
         control_pb2_grpc.add_ControlServicer_to_server(
-            ControlServicer(replicators, platform, migrations, estimates, assumptions, seeds), server)
+            ControlServicer(replicators, platform, migrations, estimates, assumptions, seeds, audit), server)
         names = [control_pb2.DESCRIPTOR.services_by_name["Control"].full_name]
         hs = service.add_health_and_reflection(server, names)
         port = server.add_insecure_port(cfg.listen)
@@ -86,6 +92,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
         await seeds.resume()  # before migrations: a seeded VM's first start takes its tracker over
         await migrations.start()
         await estimates.resume()
+        await asyncio.to_thread(check_log, audit)  # not intact: serve, but refuse every audited action
         await server.start()
         for r in replicators.values():
             r.start()
@@ -109,6 +116,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
                 await r.stop()
             await platform.close()
             store.close()
+            audit.close()
 
         return stop
 

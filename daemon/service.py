@@ -59,12 +59,16 @@ def grpc_options(max_message: int) -> list[tuple[str, int]]:
     ]
 
 
-def make_server(max_message: int) -> grpc.aio.Server:
-    """A grpc.aio server with the error interceptor and size limits."""
+def make_server(max_message: int, interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
+    """A grpc.aio server with the error interceptor and size limits.
+
+    ``interceptors`` go inside the error interceptor (they see a handler's
+    raw exception, and theirs are mapped to statuses like any other).
+    """
     # gRPC turns SO_REUSEPORT on by default: a second daemon configured with
     # the same port would then bind it too and silently take half of the
     # connections.  Off, the second daemon fails to start instead.
-    return grpc.aio.server(interceptors=[ErrorInterceptor()],
+    return grpc.aio.server(interceptors=[ErrorInterceptor(), *interceptors],
                            options=[*grpc_options(max_message), ("grpc.so_reuseport", 0)])
 
 
