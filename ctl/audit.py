@@ -103,9 +103,12 @@ async def list_entries(args: argparse.Namespace, client: Client, out: Output) ->
         return 0
     table = Table(show_lines=False)
     table.add_column("SEQ", justify="right", no_wrap=True)
-    for col in ("TIME", "WHO", "PEER", "ACTION", "VMS"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("RESULT")
+    table.add_column("TIME", no_wrap=True)
+    for col in ("WHO", "PEER"):
+        table.add_column(col)  # wrapped, not cut, on a narrow terminal
+    table.add_column("ACTION", no_wrap=True)
+    for col in ("VMS", "RESULT"):
+        table.add_column(col)
     for e in entries:
         table.add_row(str(e.seq), clock(e.time), Text(e.who), Text(e.peer), Text(e.action),
                       Text(", ".join(e.vms) or "-"), Text(e.result, style="green" if e.result == "ok" else "red"))
@@ -134,6 +137,7 @@ async def verify(args: argparse.Namespace, client: Client, out: Output) -> int:
         out.line(reason)
     else:
         out.line(f"FAILED: {reason}")
-        out.line(f"  first bad entry: {first_bad}; {count} entries before it verified" if first_bad
-                 else f"  {count} entries verified")
+        if first_bad:
+            out.line(f"  first bad entry: {first_bad}; {count} {'entry' if count == 1 else 'entries'} before it "
+                     "verified")
     return 0 if ok else EXIT_FAILED
