@@ -8,6 +8,9 @@ is the real :class:`~liftshift.ctl.client.Client`, so errors arrive typed.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -288,3 +291,30 @@ def test_since_as_a_local_time() -> None:
     assert parse_since("2026-11-26") == time.mktime((2026, 11, 26, 0, 0, 0, 0, 0, -1))
     with pytest.raises(ValueError, match="neither a duration"):
         parse_since("yesterday")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI, pointed at an address where nothing listens (these never call the daemon)."""
+    return subprocess.run([sys.executable, "-m", "liftshift.ctl", "--address", "127.0.0.1:1", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("args, rc, complaint", [
+    (["audit", "list", "--since", "yesterday"], 2, "'yesterday' is neither a duration (6h, 3d) nor a time"),
+    (["audit", "verify", "--no-head"], 2, "--head and --no-head go with --file"),
+    (["audit", "verify", "--file", "/nonexistent/audit.log"], 3, "no audit log at /nonexistent/audit.log"),
+])
+def test_audit_cli_refuses_bad_arguments_without_the_daemon(args: list[str], rc: int, complaint: str) -> None:
+    r = _cli(*args)
+    assert (r.returncode, complaint in r.stderr) == (rc, True), r
+
+
+def test_audit_verify_file_works_without_a_daemon(tmp_path: Path) -> None:
+    path = _tampered_log(tmp_path)
+    r = _cli("audit", "verify", "--file", str(path))
+    assert r.returncode == 1, r
+    assert r.stdout == ("FAILED: entry 2: hash does not match its content (edited)\n"
+                        "  first bad entry: 2; 1 entry before it verified\n")
+    # Without its head record only the chain is checked: the edit still shows.
+    r = _cli("--json", "audit", "verify", "--file", str(path), "--no-head")
+    assert r.returncode == 1 and json.loads(r.stdout)["first_bad_seq"] == 2, r
