@@ -65,6 +65,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -74,7 +75,7 @@ from google.protobuf.message import Message
 from liftshift.v1 import control_pb2 as cpb
 
 from .audit import AuditCorrupt, AuditEntry, AuditLog, AuditWriteFailed, VerifyResult, redact, result_of
-from .errors import FailedPrecondition, InvalidArgument, LiftshiftError
+from .errors import ConfigError, FailedPrecondition, InvalidArgument, LiftshiftError
 from .security import Identity, OnRefused, current_identity
 
 if TYPE_CHECKING:
@@ -278,6 +279,16 @@ def daemon_resolvers(migrations: Migrations, estimates: Estimates, seeds: Seeds)
     return {"migration_id": lambda mid: [v.vm for v in migrations.get(mid).vms],
             "estimate_id": lambda eid: list(estimates.get(eid).vms),  # "" is the latest estimate
             "seed_id": lambda sid: [seeds.get(sid).vm]}
+
+
+def open_log(state_dir: Path) -> AuditLog:
+    """The daemon's audit log, ``<state_dir>/audit.log``; AuditInUse when another daemon has it open."""
+    path = Path(state_dir) / "audit.log"
+    try:
+        return AuditLog(path)
+    except OSError as e:
+        raise ConfigError(f"cannot open the audit log {path}: {e.strerror or e}",
+                          hint="check state_dir: the daemon must be able to create and write files there") from e
 
 
 def check_log(audit: AuditLog) -> VerifyResult:

@@ -12,9 +12,8 @@ from liftshift.iofilter.alloc import tune_malloc
 from liftshift.v1 import control_pb2, control_pb2_grpc
 
 from . import config, estimator_model, service
-from .audit import AuditLog
 from .control import ControlServicer
-from .control_audit import AuditInterceptor, check_log, daemon_resolvers
+from .control_audit import AuditInterceptor, check_log, daemon_resolvers, open_log
 from .errors import LiftshiftError
 from .estimator import Estimates
 from .migrations import Migrations
@@ -43,7 +42,7 @@ def make_platform(cfg: DaemonConfig) -> Platform:
 
 async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | None = None) -> None:
     """Run the daemon until SIGTERM."""
-    audit = AuditLog(cfg.state_dir / "audit.log")  # AuditInUse: another daemon runs on this state directory
+    audit = open_log(cfg.state_dir)  # AuditInUse: another daemon runs on this state directory
     auditor = AuditInterceptor(audit)
     store = StateStore(cfg.state_dir / "daemon.db")
     replicators: dict[str, VdiskReplicator] = {}

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
+from e2e import free_port
+from procs import python_module
 from simsite import MiB, SimVmDef, Site
 
 from liftshift.daemon.audit import AuditCorrupt
@@ -103,10 +105,17 @@ def test_cli_actions_are_audited_and_a_tampered_log_is_named_and_refused(tmp_pat
     assert len(json.loads(ok(cli(site, "--json", "audit", "list", "--vm", "web-1", "--since", "1h")))["entries"]) == 6
     assert ok(cli(site, "audit", "verify")).strip() == "ok: 6 entries, chain intact"
 
-    # -- the daemon stopped: verify offline, then tamper with three copies -------------------------
-    assert site.daemon is not None and site.daemon.stop() == 0
+    # A second daemon on the same state directory (another port) is refused at start.
     state = site.root / "daemon-state"
     log, head = state / "audit.log", state / "audit.head"
+    second = site.root / "second.toml"
+    second.write_text(site.daemon_config().read_text().replace(site.address, f"127.0.0.1:{free_port()}"))
+    r = subprocess.run(python_module("liftshift.daemon.main", "--config", second), capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 1 and f"audit log {log} is open in another process" in r.stderr, r
+
+    # -- the daemon stopped: verify offline, then tamper with three copies -------------------------
+    assert site.daemon is not None and site.daemon.stop() == 0
     assert ok(cli(site, "audit", "verify", "--file", str(log))).strip() == "ok: 6 entries, chain intact"
     original = log.read_bytes()
     lines = original.splitlines(keepends=True)
