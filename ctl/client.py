@@ -174,6 +174,17 @@ class Client:
         return await self._call(self.stub.VerifyVdisk,
                                 cpb.VerifyVdiskRequest(vdisk_id=vdisk_id, max_rounds=max_rounds), timeout)
 
+    # ---- audit ---------------------------------------------------------------
+
+    async def list_audit(self, since: float = 0.0, vm: str = "") -> list[cpb.AuditEntry]:
+        """Audit log entries logged at or after ``since`` (Unix time; 0: all) that touched ``vm`` ("": any)."""
+        resp = await self._call(self.stub.ListAudit, cpb.ListAuditRequest(since=since, vm=vm))
+        return list(resp.entries)
+
+    async def verify_audit(self, *, timeout: float | None = None) -> cpb.VerifyAuditResponse:
+        """Have the daemon check its audit log's hash chain (reads the whole log: no deadline by default)."""
+        return await self._call(self.stub.VerifyAudit, cpb.VerifyAuditRequest(), timeout)
+
     # ---- migrations --------------------------------------------------------
 
     async def create_migration(self, vms: Sequence[str], destination: str, *, name: str = "",

@@ -2,7 +2,7 @@
 
 Dispatch only: every command group lives in its own module
 (``inventory``, ``migrate``, ``status``, ``cutover``, ``replication``,
-``vsphere``) and registers its parser and an ``async run(args, client, out)
+``vsphere``, ``audit``, ...) and registers its parser and an ``async run(args, client, out)
 -> exit code``; this module parses, opens one
 :class:`~liftshift.ctl.client.Client` and turns typed errors into the error
 line and exit code (``output``).
@@ -23,7 +23,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from liftshift.daemon.errors import LiftshiftError  # noqa: E402
 
-from . import certs, credentials, cutover, estimate, inventory, migrate, replication, seed, status, vsphere  # noqa: E402,E501
+from . import audit, certs, credentials, cutover, estimate, inventory, migrate, replication, seed, status, vsphere  # noqa: E402,E501
 from .client import DEFAULT_ADDRESS, Client  # noqa: E402
 from .output import EXIT_CODES_HELP, EXIT_FAILED, Output  # noqa: E402
 
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (inventory, migrate, status, cutover, replication, vsphere, estimate, seed, certs):
+    for module in (inventory, migrate, status, cutover, replication, vsphere, estimate, seed, certs, audit):
         module.register(sub, common)
     return parser
 

@@ -37,7 +37,8 @@ EXIT_CODES_HELP = """\
 exit codes:
   0  success
   1  failure: an internal error, or a cutover/verify that did not prove the
-     disks identical, or a watched migration that was aborted or rolled back
+     disks identical, or a watched migration that was aborted or rolled back,
+     or an audit log that is not intact (audit verify)
   2  usage error (bad command line)
   3  refused: the daemon refused the request and nothing changed (unknown id,
      invalid argument, already exists, not allowed in the current state)

@@ -591,6 +591,24 @@ class AuditLog:
         with open(self.path, "rb") as f:
             return _verify(f, size, head, "the daemon's last appended entry", "appended behind the daemon's back")
 
+    def check(self) -> VerifyResult:
+        """Verify the whole log and, when it is not intact, refuse every later append.
+
+        Opening checks only the tail against the head record (cheap); an
+        entry edited, removed or reordered further back is found only by
+        reading everything (~60 us per entry here).  The daemon calls this
+        once at start so that it never chains new entries onto a log it
+        could not vouch for.
+        """
+        result = self.verify()
+        if not result.ok:
+            with self._write_lock:
+                self.refusal = self.refusal or AuditCorrupt(
+                    f"audit log {self.path}: {result.reason}",
+                    hint="see `liftshift audit verify`; to start a new log, move audit.log and audit.head aside "
+                         "(keep them as evidence) and restart the daemon")
+        return result
+
     def close(self) -> None:
         """Release the log (appends already returned are durable)."""
         with self._write_lock:

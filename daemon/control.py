@@ -20,6 +20,8 @@ from liftshift.v1 import common_pb2, control_pb2_grpc
 from liftshift.v1 import control_pb2 as cpb
 
 from . import seedfile
+from .audit import AuditLog
+from .control_audit import AuditRpcs
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .estimator import EstimateRec, Estimates
 from .lifecycle import FINAL
@@ -90,13 +92,15 @@ async def wait_drained(r: VdiskReplicator, timeout: float = 600) -> None:
         await asyncio.sleep(0.02)
 
 
-class ControlServicer(control_pb2_grpc.ControlServicer):
-    """Control RPCs over the daemon's replicators."""
+class ControlServicer(AuditRpcs, control_pb2_grpc.ControlServicer):
+    """Control RPCs over the daemon's replicators (ListAudit and VerifyAudit: :class:`AuditRpcs`)."""
 
     def __init__(self, replicators: dict[str, VdiskReplicator], platform: Platform | None = None,
                  migrations: Migrations | None = None, estimates: Estimates | None = None,
-                 assumptions: Callable[[], Any] | None = None, seeds: Seeds | None = None) -> None:
+                 assumptions: Callable[[], Any] | None = None, seeds: Seeds | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.replicators = replicators
+        self.audit = audit
         self.seeds = seeds
         self.platform = platform
         self.migrations = migrations

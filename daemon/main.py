@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from liftshift.v1 import control_pb2, control_pb2_grpc
 
 from . import access, config, estimator_model, service
 from .control import ControlServicer
+from .control_audit import AuditInterceptor, audit_refusal, check_log, daemon_resolvers, open_log
 from .errors import LiftshiftError
 from .estimator import Estimates
 from .migrations import Migrations
@@ -40,14 +42,17 @@ def make_platform(cfg: DaemonConfig) -> Platform:
 
 async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | None = None) -> None:
     """Run the daemon until SIGTERM."""
+    audit = open_log(cfg.state_dir)  # AuditInUse: another daemon runs on this state directory
+    auditor = AuditInterceptor(audit)
     tls = cfg.tls
     access.client_credentials(insecure=tls.insecure, ca=tls.ca, cert=tls.client_cert, key=tls.client_key)
+    # Refused calls are audited too (who tried, from where, what).
     control_access = access.server_access("the Control service", cfg.listen, access.CONTROL_ROLES,
                                           insecure=tls.insecure, cert=tls.cert, key=tls.key, ca=tls.ca,
-                                          tokens_file=tls.tokens_file)
+                                          tokens_file=tls.tokens_file, on_refused=audit_refusal(audit))
     store = StateStore(cfg.state_dir / "daemon.db")
     replicators: dict[str, VdiskReplicator] = {}
-    server = service.make_server(cfg.max_message, outer=[control_access.interceptor])
+    server = service.make_server(cfg.max_message, outer=[control_access.interceptor], inner=[auditor])
 
     platform = make_platform(cfg)
     migrations = Migrations(cfg, store, platform, replicators)
@@ -64,6 +69,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
         return f"is being observed by estimate {e.id}" if e is not None else None
 
     seeds.busy = busy
+    auditor.resolvers = daemon_resolvers(migrations, estimates, seeds)
 
     async def start():  # type: ignore[no-untyped-def]
         for spec in cfg.replicate:
@@ -82,13 +88,14 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
                                                else platform.typical_power_on_s)
 
         control_pb2_grpc.add_ControlServicer_to_server(
-            ControlServicer(replicators, platform, migrations, estimates, assumptions, seeds), server)
+            ControlServicer(replicators, platform, migrations, estimates, assumptions, seeds, audit), server)
         names = [control_pb2.DESCRIPTOR.services_by_name["Control"].full_name]
         hs = service.add_health_and_reflection(server, names)
         port = access.add_port(server, cfg.listen, control_access.server_credentials)
         await seeds.resume()  # before migrations: a seeded VM's first start takes its tracker over
         await migrations.start()
         await estimates.resume()
+        await asyncio.to_thread(check_log, audit)  # not intact: serve, but refuse every audited action
         await server.start()
         for r in replicators.values():
             r.start()
@@ -113,6 +120,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
                 await r.stop()
             await platform.close()
             store.close()
+            audit.close()
 
         return stop
 

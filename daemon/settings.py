@@ -371,7 +371,8 @@ class DaemonConfig:
     """Source daemon settings."""
 
     listen: str = doc("127.0.0.1:50051", help="Control service address host:port (port 0 picks one).")
-    state_dir: Path = doc(Path("/var/lib/liftshift"), help="Where the daemon keeps daemon.db (SQLite).")
+    state_dir: Path = doc(Path("/var/lib/liftshift"),
+                          help="Where the daemon keeps daemon.db (SQLite) and its audit log (audit.log, audit.head).")
     chunk_size: int = doc(1 << 20, size=True, help="Background copy chunk size (a multiple of the ring's dirty unit).")
     frame_bytes: int = doc(1 << 20, size=True, help="Target size of a live-records frame.")
     max_inflight: int = doc(16 << 20, size=True,
