@@ -23,9 +23,8 @@ from simsite import SimVmDef, Site
 from liftshift.daemon.errors import LiftshiftError, PermissionDenied, Unauthenticated, from_rpc_error
 from liftshift.daemon.security import TokenStore
 from liftshift.v1 import control_pb2 as cpb
-from liftshift.v1 import control_pb2_grpc
+from liftshift.v1 import control_pb2_grpc, replication_pb2_grpc
 from liftshift.v1 import replication_pb2 as rpb
-from liftshift.v1 import replication_pb2_grpc
 
 MiB = 1 << 20
 
@@ -78,6 +77,15 @@ def test_roles_certificates_and_tokens(tmp_path: Path, shm_dir: Path, request: p
     # None of it changed anything; the admin CLI (LIFTSHIFT_TLS_DIR) sees no migration.
     listed = site.call("ListMigrations", cpb.ListMigrationsRequest(all=True))
     assert isinstance(listed, cpb.ListMigrationsResponse) and not listed.migrations
+    # Every refusal past the handshake is in the audit log, with who tried and why.
+    audit = site.call("ListAudit", cpb.ListAuditRequest())
+    assert isinstance(audit, cpb.ListAuditResponse)
+    got = [(e.who, e.action, e.result.split(":")[0]) for e in audit.entries]
+    assert got == [("viewer", "CreateMigration", "PermissionDenied"), ("viewer", "Cutover", "PermissionDenied"),
+                   ("carol", "Cutover", "PermissionDenied"), ("anonymous", "ListVms", "Unauthenticated")], got
+    assert all(e.peer.startswith("ipv4:127.0.0.1:") for e in audit.entries)
+    verified = site.call("VerifyAudit", cpb.VerifyAuditRequest())
+    assert isinstance(verified, cpb.VerifyAuditResponse) and verified.ok and verified.entries == 4
 
     # The CLI as a viewer: refused with its error line and exit code; as an operator: done.
     def cli(who: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -89,6 +97,10 @@ def test_roles_certificates_and_tokens(tmp_path: Path, shm_dir: Path, request: p
     assert r.returncode != 0 and "needs the operator role" in r.stderr, r
     r = cli("operator", "migrate", "create", "web-1", "--dest", site.destination)
     assert r.returncode == 0, r
+    last = site.call("ListAudit", cpb.ListAuditRequest()).entries[-2:]
+    assert [(e.who, e.action, e.result) for e in last] == [
+        ("viewer", "CreateMigration", last[0].result), ("operator", "CreateMigration", "ok")]
+    assert last[0].result.startswith("PermissionDenied")
 
 
 def test_a_sink_refuses_a_daemon_it_does_not_trust(tmp_path: Path, shm_dir: Path,
