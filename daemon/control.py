@@ -20,6 +20,7 @@ from liftshift.v1 import common_pb2, control_pb2_grpc
 from liftshift.v1 import control_pb2 as cpb
 
 from . import seedfile
+from .control_stats import StatsRpcs
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .estimator import EstimateRec, Estimates
 from .lifecycle import FINAL
@@ -90,7 +91,7 @@ async def wait_drained(r: VdiskReplicator, timeout: float = 600) -> None:
         await asyncio.sleep(0.02)
 
 
-class ControlServicer(control_pb2_grpc.ControlServicer):
+class ControlServicer(StatsRpcs, control_pb2_grpc.ControlServicer):
     """Control RPCs over the daemon's replicators."""
 
     def __init__(self, replicators: dict[str, VdiskReplicator], platform: Platform | None = None,
