@@ -169,6 +169,23 @@ class Client:
         return await self._call(self.stub.VerifyVdisk,
                                 cpb.VerifyVdiskRequest(vdisk_id=vdisk_id, max_rounds=max_rounds), timeout)
 
+    # ---- statistics ----------------------------------------------------------
+
+    async def get_stats(self, since: float = 0.0, until: float = 0.0, *, scope: str = "", key: str = "",
+                        metrics: Sequence[str] = (), resolution: str = "") -> cpb.StatsResponse:
+        """Statistics rows stamped in ``[since, until)`` (Unix times; 0: an hour ago / now), oldest first.
+
+        ``scope`` ("vdisk", "vm", "migration", "global") and ``key`` (vdisk id,
+        VM name, migration id) narrow them ("" = all); ``metrics`` names from
+        ``liftshift.daemon.stats.METRICS`` (empty = all); ``resolution`` "1s",
+        "1m" or "auto" (default: 1 s rows within the last hour, else minute
+        rows).  ``liftshift.daemon.control_stats.row_from_pb`` turns a row
+        into a ``liftshift.daemon.stats.Row`` (for ``to_csv``, the charts).
+        """
+        req = cpb.StatsRequest(since=since, until=until, scope=scope, key=key, metrics=list(metrics),
+                               resolution=resolution)
+        return await self._call(self.stub.GetStats, req)
+
     # ---- migrations --------------------------------------------------------
 
     async def create_migration(self, vms: Sequence[str], destination: str, *, name: str = "",
