@@ -185,6 +185,23 @@ class Client:
         """Have the daemon check its audit log's hash chain (reads the whole log: no deadline by default)."""
         return await self._call(self.stub.VerifyAudit, cpb.VerifyAuditRequest(), timeout)
 
+    # ---- statistics ----------------------------------------------------------
+
+    async def get_stats(self, since: float = 0.0, until: float = 0.0, *, scope: str = "", key: str = "",
+                        metrics: Sequence[str] = (), resolution: str = "") -> cpb.StatsResponse:
+        """Statistics rows stamped in ``[since, until)`` (Unix times; 0: an hour ago / now), oldest first.
+
+        ``scope`` ("vdisk", "vm", "migration", "global") and ``key`` (vdisk id,
+        VM name, migration id) narrow them ("" = all); ``metrics`` names from
+        ``liftshift.daemon.stats.METRICS`` (empty = all); ``resolution`` "1s",
+        "1m" or "auto" (default: 1 s rows within the last hour, else minute
+        rows).  ``liftshift.daemon.control_stats.row_from_pb`` turns a row
+        into a ``liftshift.daemon.stats.Row`` (for ``to_csv``, the charts).
+        """
+        req = cpb.StatsRequest(since=since, until=until, scope=scope, key=key, metrics=list(metrics),
+                               resolution=resolution)
+        return await self._call(self.stub.GetStats, req)
+
     # ---- migrations --------------------------------------------------------
 
     async def create_migration(self, vms: Sequence[str], destination: str, *, name: str = "",

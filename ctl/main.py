@@ -23,7 +23,20 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from liftshift.daemon.errors import LiftshiftError  # noqa: E402
 
-from . import audit, certs, credentials, cutover, estimate, inventory, migrate, replication, seed, status, vsphere  # noqa: E402,E501
+from . import (  # noqa: E402,E501
+    audit,
+    certs,
+    credentials,
+    cutover,
+    estimate,
+    inventory,
+    migrate,
+    replication,
+    seed,
+    stats,
+    status,
+    vsphere,
+)
 from .client import DEFAULT_ADDRESS, Client  # noqa: E402
 from .output import EXIT_CODES_HELP, EXIT_FAILED, Output  # noqa: E402
 
@@ -68,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (inventory, migrate, status, cutover, replication, vsphere, estimate, seed, certs, audit):
+    for module in (inventory, migrate, status, cutover, replication, vsphere, estimate, seed, stats, certs, audit):
         module.register(sub, common)
     return parser
 

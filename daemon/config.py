@@ -183,3 +183,13 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
             default = "(required)"
         out.append((prefix + f.name, default, f.metadata.get("help", "")))
     return out
+
+
+def host_port(value: str, key: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (``"[::1]:9100"`` for IPv6; port 0 picks one); ConfigError naming ``key`` otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535 or any(c in host for c in "[] /"):
+        raise ConfigError(f"key '{key}': expected host:port with a port in 0-65535 (\"[::1]:9100\" for IPv6), "
+                          f"got {value!r}")
+    return host, int(port)

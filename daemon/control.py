@@ -22,6 +22,7 @@ from liftshift.v1 import control_pb2 as cpb
 from . import seedfile
 from .audit import AuditLog
 from .control_audit import AuditRpcs
+from .control_stats import StatsRpcs
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .estimator import EstimateRec, Estimates
 from .lifecycle import FINAL
@@ -92,8 +93,8 @@ async def wait_drained(r: VdiskReplicator, timeout: float = 600) -> None:
         await asyncio.sleep(0.02)
 
 
-class ControlServicer(AuditRpcs, control_pb2_grpc.ControlServicer):
-    """Control RPCs over the daemon's replicators (ListAudit and VerifyAudit: :class:`AuditRpcs`)."""
+class ControlServicer(AuditRpcs, StatsRpcs, control_pb2_grpc.ControlServicer):
+    """Control RPCs over the daemon's replicators (audit log: :class:`AuditRpcs`; statistics: :class:`StatsRpcs`)."""
 
     def __init__(self, replicators: dict[str, VdiskReplicator], platform: Platform | None = None,
                  migrations: Migrations | None = None, estimates: Estimates | None = None,

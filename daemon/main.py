@@ -22,6 +22,8 @@ from .seed import Seeds
 from .settings import DaemonConfig
 from .sim import SimPlatform
 from .state import StateStore
+from .stats import StatsStore
+from .stats_collector import StatsCollector
 from .vdisk import VdiskReplicator
 
 log = logging.getLogger("liftshift.daemon")
@@ -60,6 +62,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
     migrations.before_capture = estimates.release_vm  # a migration takes a VM's rings over
     seeds = Seeds(cfg, store, platform)
     migrations.seeds = seeds
+    stats = StatsCollector(StatsStore(cfg.state_dir / "daemon.db"), migrations, replicators)
 
     def busy(vm: str) -> str | None:
         m = migrations.migration_of(vm)
@@ -87,8 +90,9 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
                                                power_on_s=power_on if power_on is not None
                                                else platform.typical_power_on_s)
 
-        control_pb2_grpc.add_ControlServicer_to_server(
-            ControlServicer(replicators, platform, migrations, estimates, assumptions, seeds, audit), server)
+        control = ControlServicer(replicators, platform, migrations, estimates, assumptions, seeds, audit)
+        control.enable_stats(stats.store, cfg.max_message)
+        control_pb2_grpc.add_ControlServicer_to_server(control, server)
         names = [control_pb2.DESCRIPTOR.services_by_name["Control"].full_name]
         hs = service.add_health_and_reflection(server, names)
         port = access.add_port(server, cfg.listen, control_access.server_credentials)
@@ -96,6 +100,9 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
         await migrations.start()
         await estimates.resume()
         await asyncio.to_thread(check_log, audit)  # not intact: serve, but refuse every audited action
+        stats.start()
+        if cfg.metrics_listen:
+            stats.serve_metrics(cfg.metrics_listen)
         await server.start()
         for r in replicators.values():
             r.start()
@@ -113,6 +120,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
 
         async def stop() -> None:
             await server.stop(5)
+            await stats.stop()
             await estimates.stop_all()
             await seeds.stop_all()
             await migrations.stop()

@@ -24,7 +24,7 @@ Metrics (a Markdown table, for the README):
 
 | name                                      | type      | labels               | meaning                                                   |
 |-------------------------------------------|-----------|----------------------|-----------------------------------------------------------|
-| liftshift_background_bytes_total          | counter   | migration, vm, vdisk | background copy bytes shipped                             |
+| liftshift_background_bytes_total          | counter   | migration, vm, vdisk | background copy done, bytes (holes skipped count as done) |
 | liftshift_background_size_bytes           | gauge     | migration, vm, vdisk | bytes the background copy covers in all                   |
 | liftshift_live_bytes_total                | counter   | migration, vm, vdisk | live (guest) write bytes shipped                          |
 | liftshift_live_records_total              | counter   | migration, vm, vdisk | live write records shipped                                |
@@ -221,7 +221,8 @@ class SinkSnapshot:
 
 # (name, type, VdiskStats attribute, help): one line per exported per-vdisk series.
 _SOURCE_VDISK: tuple[tuple[str, str, str, str], ...] = (
-    ("liftshift_background_bytes_total", "counter", "background_done_bytes", "Background copy bytes shipped."),
+    ("liftshift_background_bytes_total", "counter", "background_done_bytes",
+     "Background copy done, in bytes (holes skipped count as done)."),
     ("liftshift_background_size_bytes", "gauge", "background_total_bytes", "Bytes the background copy covers."),
     ("liftshift_live_bytes_total", "counter", "live_bytes", "Live (guest) write bytes shipped."),
     ("liftshift_live_records_total", "counter", "live_records", "Live write records shipped."),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import doc
+from .config import doc, host_port
 from .errors import ConfigError, LiftshiftError
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -433,6 +433,8 @@ class DaemonConfig:
             raise ConfigError(f"key 'sneakernet_ship_days': {self.sneakernet_ship_days} must not be negative")
         if self.progress_interval_ms < 10:
             raise ConfigError(f"key 'progress_interval_ms': {self.progress_interval_ms} must be at least 10")
+        if self.metrics_listen:
+            host_port(self.metrics_listen, "metrics_listen")
         ids = [r.vdisk_id for r in self.replicate]
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:

@@ -65,6 +65,24 @@ class Stats:
     connected: bool = False
     closed: bool = False
     lag_samples_ns: LagWindow = field(default_factory=LagWindow)
+    # For statistics (liftshift.daemon.stats_collector): when the progress counters started from 0,
+    # and totals from the sink's acks.
+    started: float = field(default_factory=time.time)
+    acked_bytes: int = 0  # frames made durable by the sink
+    sink_apply_ns: int = 0
+    sink_applies: int = 0  # acks that carried an apply time
+    sink_fsync_ns: int = 0
+    sink_fsyncs: int = 0  # acks that carried an fsync time
+
+    def sink_acked(self, ack: pb.Ack, durable_bytes: int) -> None:
+        """Count one ack: the bytes it made durable and the sink's apply / fsync times."""
+        self.acked_bytes += durable_bytes
+        if ack.apply_ns:
+            self.sink_apply_ns += ack.apply_ns
+            self.sink_applies += 1
+        if ack.fsync_ns:
+            self.sink_fsync_ns += ack.fsync_ns
+            self.sink_fsyncs += 1
 
 
 def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
@@ -401,6 +419,7 @@ class VdiskReplicator:
             if got.release_pos is not None:
                 self.consumer.release(got.release_pos)
             self.stats.lag_samples_ns.extend(got.lag_ns)
+            self.stats.sink_acked(ack, got.chunk_bytes + got.live_bytes)
             if ack.closed and self._close_seq is not None:
                 self.stats.closed = True
             self._save()

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from liftshift.daemon.config import describe, doc, load
+from liftshift.daemon.config import describe, doc, host_port, load
 from liftshift.daemon.errors import ConfigError
 
 ENV_PREFIX = "LIFTSHIFT_SINK_"
@@ -63,6 +63,9 @@ class SinkConfig:
     log_level: str = doc("info", "Log level: debug, info, warning or error.")
     stop_vms_on_exit: bool = doc(False, "Power off the destination VMs this sink started when it stops (demo "
                                         "and tests); by default they keep running like real VMs.")
+    metrics_listen: str = doc("", "Prometheus `/metrics` address `host:port` (`[::1]:9101` for IPv6; empty: "
+                                  "off): per vdisk bytes and records applied, applied and durable sequence, "
+                                  "apply and fsync latency histograms, open streams.")
 
     @property
     def state_path(self) -> Path:
@@ -97,6 +100,8 @@ class SinkConfig:
             raise ConfigError(f"key 'reserve_free_bytes': must not be negative, got {self.reserve_free_bytes}")
         if not 0 <= self.shutdown_grace_s <= 3600:
             raise ConfigError(f"key 'shutdown_grace_s': expected 0-3600, got {self.shutdown_grace_s}")
+        if self.metrics_listen:
+            host_port(self.metrics_listen, "metrics_listen")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError(f"key 'log_level': expected one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 

@@ -27,13 +27,16 @@ from typing import Any
 import grpc
 
 from liftshift.daemon import access, service, wire
+from liftshift.daemon.config import host_port
 from liftshift.daemon.errors import InvalidArgument, OutOfRange, TooLarge, Unavailable
 from liftshift.daemon.hashing import hash_ranges
+from liftshift.daemon.metrics import MetricsExporter
 from liftshift.v1 import destination_pb2_grpc, replication_pb2_grpc
 from liftshift.v1 import replication_pb2 as pb
 
 from . import destination
 from .config import SinkConfig
+from .meters import SinkMeters
 from .registry import VdiskRegistry
 from .seed import import_seed
 from .shadow import check_migration_id, check_size, check_vdisk_id
@@ -73,9 +76,10 @@ def add_to_server(servicer: ReplicationServicer, server: grpc.aio.Server) -> Non
 class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
     """liftshift.v1.Replication on top of a :class:`VdiskRegistry`."""
 
-    def __init__(self, registry: VdiskRegistry, config: SinkConfig) -> None:
+    def __init__(self, registry: VdiskRegistry, config: SinkConfig, meters: SinkMeters | None = None) -> None:
         self.registry = registry
         self.config = config
+        self.meters = meters or SinkMeters()
 
     async def OpenVdisk(self, request: pb.OpenVdiskRequest, context: grpc.aio.ServicerContext) -> pb.OpenVdiskResponse:
         """Create the shadow, or reopen it with the same size and migration."""
@@ -106,7 +110,8 @@ class ReplicationServicer(replication_pb2_grpc.ReplicationServicer):
             raise InvalidArgument(f"the Hello is frame_no {hello.frame_no}; frames are numbered from 1")
         shadow = await self.registry.get(hello.vdisk_id)
         session = ReplicateSession(shadow.applier, fsync_window_s=self.config.fsync_window_ms / 1000,
-                                   buffer_bytes=self.config.stream_buffer, peer=context.peer())
+                                   buffer_bytes=self.config.stream_buffer, peer=context.peer(),
+                                   meter=self.meters.vdisk(shadow.row.vdisk_id, shadow.row.migration_id))
         log.info("vdisk %s: stream from %s", shadow.row.vdisk_id, session.peer)
         try:
             await shadow.take_over(session, self.registry.reopen)
@@ -197,7 +202,9 @@ class SinkServer:
                                            cert=config.tls_cert, key=config.tls_key, ca=config.tls_ca,
                                            tokens_file=config.tokens_file)
         self.server = service.make_server(config.max_message, outer=[self.access.interceptor])
-        add_to_server(ReplicationServicer(self.registry, config), self.server)
+        self.meters = SinkMeters()
+        self.metrics: MetricsExporter | None = None
+        add_to_server(ReplicationServicer(self.registry, config, self.meters), self.server)
         self.destination = destination.DestinationServicer(self.registry, config.state_path / "vms")
         destination_pb2_grpc.add_DestinationServicer_to_server(self.destination, self.server)
         self.services = [SERVICE_NAME, destination.SERVICE_NAME]
@@ -213,6 +220,8 @@ class SinkServer:
                               hint="check the 'listen' key; is another process on that port?") from None
         if self.port == 0:
             raise Unavailable(f"cannot listen on {self.config.listen}")
+        if self.config.metrics_listen:
+            self._serve_metrics()
         await self.server.start()
         await service.mark_serving(self.health, self.services)
         log.info("sink serving on %s (port %d, %s), data in %s", self.config.listen, self.port,
@@ -230,4 +239,17 @@ class SinkServer:
         if self.config.stop_vms_on_exit:
             await self.destination.power_off_all()
         await self.registry.close()
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("sink stopped")
+
+    def _serve_metrics(self) -> None:
+        """Prometheus /metrics on ``metrics_listen``, from the stream meters."""
+        host, port = host_port(self.config.metrics_listen, "metrics_listen")
+        self.metrics = MetricsExporter(sink=self.meters.snapshot)
+        try:
+            server, _ = self.metrics.start_http(host, port)
+        except OSError as e:
+            raise Unavailable(f"cannot serve metrics on {self.config.metrics_listen}: {e}",
+                              hint="check the 'metrics_listen' key; is another process on that port?") from None
+        log.info("Prometheus metrics on %s", server.url)

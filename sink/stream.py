@@ -46,6 +46,7 @@ from liftshift.daemon.errors import InvalidArgument, LiftshiftError
 from liftshift.v1 import replication_pb2 as pb
 
 from .apply import Synced, VdiskApplier
+from .meters import VdiskMeter
 
 log = logging.getLogger("liftshift.sink.stream")
 
@@ -152,8 +153,10 @@ class FrameQueue:
 class ReplicateSession:
     """The apply side of one Replicate stream of one vdisk."""
 
-    def __init__(self, applier: VdiskApplier, *, fsync_window_s: float, buffer_bytes: int, peer: str = "") -> None:
+    def __init__(self, applier: VdiskApplier, *, fsync_window_s: float, buffer_bytes: int, peer: str = "",
+                 meter: VdiskMeter | None = None) -> None:
         self.applier = applier
+        self.meter = meter or VdiskMeter(applier.vdisk_id)  # statistics (liftshift.sink.meters)
         self.vdisk_id = applier.vdisk_id
         self.peer = peer
         self._window = fsync_window_s
@@ -195,6 +198,7 @@ class ReplicateSession:
         Frames, decoded by :mod:`liftshift.daemon.wire`); yield acks."""
         self._task = asyncio.current_task()
         self._reader = asyncio.create_task(self._read(requests), name=f"replicate-reader-{self.vdisk_id}")
+        self.meter.streams += 1
         try:
             self.applier.begin_stream()
             async for ack in self._settle():  # the Hello: the source learns where to resume
@@ -225,6 +229,7 @@ class ReplicateSession:
                 if self._sync is None and time.monotonic() - self._last_sync >= self._window:
                     self._start_sync()
         finally:
+            self.meter.streams -= 1
             await self._cleanup()
 
     def _needs_ack(self) -> bool:
@@ -248,6 +253,7 @@ class ReplicateSession:
                      durable_frame=self._sync_frame, closed=synced.closed, apply_ns=self._apply_ns,
                      fsync_ns=synced.fsync_ns)
         self._apply_ns = 0
+        self.meter.acked(ack)
         return ack
 
     async def _wait_for_work(self) -> None:
@@ -338,11 +344,13 @@ class ReplicateSession:
         kind = frame.body
         a = self.applier
         if kind == "live":
-            a.apply_live(frame.payload, frame.first_seq, frame.last_seq, frame.count)
+            done = a.apply_live(frame.payload, frame.first_seq, frame.last_seq, frame.count)
             self.bytes += len(frame.payload)
+            self.meter.applied(done.bytes_written, done.applied, a.applied_seq)
         elif kind == "chunk":
             a.apply_chunk(frame.offset, frame.length, frame.payload, frame.zero, frame.xxh3)
             self.bytes += len(frame.payload)
+            self.meter.applied(len(frame.payload), 0, a.applied_seq)
         elif kind == "close":
             a.close_barrier(frame.final_seq)
         elif kind == "hello":

@@ -64,6 +64,7 @@ class Site:
     daemon_port: int = field(default_factory=free_port)
     daemon_extra: str = ""
     tls_extra: str = ""  # more keys of the daemon's [tls] table
+    sink_extra: str = ""  # more top-level keys of the sink's config
     boot_digest: bool = False  # every VM's guest reports the digests of what it booted from
     sink: DaemonProcess | None = None
     daemon: DaemonProcess | None = None
@@ -100,7 +101,7 @@ class Site:
     def start_sink(self) -> DaemonProcess:
         cfg = self.root / "sink.toml"
         cfg.write_text(f'listen = "{self.destination}"\ndata_dir = "{self.data}"\nfsync_window_ms = 5\n'
-                       "stop_vms_on_exit = true\n" + self.pki.sink_toml())
+                       f"stop_vms_on_exit = true\n{self.sink_extra}\n" + self.pki.sink_toml())
         pf = self.root / "sink.port"
         self.sink = start_process(python_module("liftshift.sink.main", "--config", cfg, "--port-file", pf), pf,
                                   cleanup=self.cleanup, credentials=self.pki.credentials())
