@@ -146,11 +146,17 @@ class VdiskReplicator:
         self.verify_map: VerifyMap | None = None
         # Set by a seeded migration: (seed id, ring sequence the imported shadow starts after).
         self.seed: tuple[str, int] | None = None
+        # Set by the daemon: the replication rate limits every frame takes its bytes from.
+        self.limiters: Limiters | None = None
+        self._bg_take: tuple[asyncio.Future[None], int] | None = None  # see _take_background
 
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"replicate-{self.spec.vdisk_id}")
+        """Start shipping; a second call does nothing (the daemon starts every replicator it holds,
+        migrations start theirs when they resume: two loops on one ring would fight over it)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"replicate-{self.spec.vdisk_id}")
 
     async def stop(self) -> None:
         """Stop shipping; persist what is durable.  The migration stays resumable."""
