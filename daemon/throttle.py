@@ -17,8 +17,8 @@ Plan.
   1/8 s of the rate, but at least two 1 MiB chunks (:data:`CHUNK`): one to
   take and one refilling meanwhile, so a sender that comes back a little late
   for its next chunk (a busy loop, a slow read) loses no tokens to a bucket
-  already full -- with a burst of exactly one chunk, every late return was
-  lost rate, and a migration limited to 8 MB/s achieved 7.3.  A request
+  already full -- with a burst of exactly one chunk, every late return is
+  lost rate.  A request
   is granted once the bucket holds ``min(nbytes, burst)``; the whole request
   is then subtracted, so a request larger than the burst is served when the
   bucket is full and leaves it in debt that later requests wait out.  The
