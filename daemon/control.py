@@ -20,12 +20,15 @@ from liftshift.v1 import common_pb2, control_pb2_grpc
 from liftshift.v1 import control_pb2 as cpb
 
 from . import seedfile
+from .control_throttle import ThrottleRpcs
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .estimator import EstimateRec, Estimates
+from .guestcap import GuestCaps
 from .lifecycle import FINAL
 from .migrations import Migrations
 from .platform import Platform, Power, VmInfo
 from .seed import SeedRec, Seeds
+from .throttling import Throttling
 from .vdisk import VdiskReplicator
 
 _STATES = {"copying": cpb.REPLICATION_STATE_COPYING, "converged": cpb.REPLICATION_STATE_CONVERGED,
@@ -90,13 +93,16 @@ async def wait_drained(r: VdiskReplicator, timeout: float = 600) -> None:
         await asyncio.sleep(0.02)
 
 
-class ControlServicer(control_pb2_grpc.ControlServicer):
+class ControlServicer(ThrottleRpcs, control_pb2_grpc.ControlServicer):
     """Control RPCs over the daemon's replicators."""
 
     def __init__(self, replicators: dict[str, VdiskReplicator], platform: Platform | None = None,
                  migrations: Migrations | None = None, estimates: Estimates | None = None,
-                 assumptions: Callable[[], Any] | None = None, seeds: Seeds | None = None) -> None:
+                 assumptions: Callable[[], Any] | None = None, seeds: Seeds | None = None,
+                 throttling: Throttling | None = None, guest_caps: GuestCaps | None = None) -> None:
         self.replicators = replicators
+        self.throttling = throttling
+        self.guest_caps = guest_caps
         self.seeds = seeds
         self.platform = platform
         self.migrations = migrations

@@ -14,12 +14,15 @@ from . import config, estimator_model, service
 from .control import ControlServicer
 from .errors import LiftshiftError
 from .estimator import Estimates
+from .guestcap import GuestCaps
+from .lifecycle import FINAL
 from .migrations import Migrations
 from .platform import Platform
 from .seed import Seeds
 from .settings import DaemonConfig
 from .sim import SimPlatform
 from .state import StateStore
+from .throttling import Throttling
 from .vdisk import VdiskReplicator
 
 log = logging.getLogger("liftshift.daemon")
@@ -59,10 +62,23 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
         return f"is being observed by estimate {e.id}" if e is not None else None
 
     seeds.busy = busy
+    throttling = Throttling(cfg.throttle, store)
+    guest_caps = GuestCaps(store, migrations, seeds)
+    migrations.limiters = throttling.limiters
+    migrations.guest_cap = guest_caps.per_disk
+
+    def migration_active(mid: str) -> bool:
+        m = migrations.recs.get(mid)
+        if m is None:
+            return any(r.spec.migration_id == mid for r in replicators.values())
+        return m.state not in FINAL
+
+    throttling.active = migration_active
 
     async def start():  # type: ignore[no-untyped-def]
         for spec in cfg.replicate:
             replicators[spec.vdisk_id] = VdiskReplicator(spec, cfg, store)
+            replicators[spec.vdisk_id].limiters = throttling.limiters
         power_on_all = getattr(platform, "power_on_all", None)
         if power_on_all is not None:  # sim and qemu VMs defined in the configuration
             await power_on_all()
@@ -77,15 +93,18 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
                                                else platform.typical_power_on_s)
 
         control_pb2_grpc.add_ControlServicer_to_server(
-            ControlServicer(replicators, platform, migrations, estimates, assumptions, seeds), server)
+            ControlServicer(replicators, platform, migrations, estimates, assumptions, seeds, throttling,
+                            guest_caps), server)
         names = [control_pb2.DESCRIPTOR.services_by_name["Control"].full_name]
         hs = service.add_health_and_reflection(server, names)
         port = server.add_insecure_port(cfg.listen)
         if port == 0:
             raise LiftshiftError(f"cannot listen on {cfg.listen}")
         await seeds.resume()  # before migrations: a seeded VM's first start takes its tracker over
-        await migrations.start()
+        await migrations.start()  # the limits (set by hand, and the schedule's) are in force already
+        throttling.start()
         await estimates.resume()
+        guest_caps.start()
         await server.start()
         for r in replicators.values():
             r.start()
@@ -102,6 +121,8 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
 
         async def stop() -> None:
             await server.stop(5)
+            await guest_caps.stop()
+            await throttling.stop()
             await estimates.stop_all()
             await seeds.stop_all()
             await migrations.stop()
@@ -113,14 +134,16 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
         return stop
 
     async def reload() -> None:
-        """SIGHUP: re-read the file and apply ``log_level``; other keys need a restart."""
+        """SIGHUP: re-read the file and apply ``log_level`` and ``[throttle]``; other keys need a restart."""
         try:
             new = config.load(DaemonConfig, config_path, "LIFTSHIFT_DAEMON_")
         except LiftshiftError as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         logging.getLogger().setLevel(new.log_level.upper())
-        log.info("reloaded %s: log_level=%s (other keys take effect at restart)", config_path, new.log_level)
+        throttling.reload(new.throttle)
+        log.info("reloaded %s: log_level=%s, [throttle] (other keys take effect at restart)", config_path,
+                 new.log_level)
 
     await service.run(start, reload)
 
