@@ -23,7 +23,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from liftshift.daemon.errors import LiftshiftError  # noqa: E402
 
-from . import cutover, estimate, inventory, migrate, replication, seed, status, vsphere  # noqa: E402
+from . import cutover, estimate, inventory, migrate, replication, seed, status, throttle, vsphere  # noqa: E402
 from .client import DEFAULT_ADDRESS, Client  # noqa: E402
 from .output import EXIT_CODES_HELP, EXIT_FAILED, Output  # noqa: E402
 
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (inventory, migrate, status, cutover, replication, vsphere, estimate, seed):
+    for module in (inventory, migrate, status, cutover, replication, vsphere, estimate, seed, throttle):
         module.register(sub, common)
     return parser
 
