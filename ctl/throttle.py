@@ -157,7 +157,7 @@ def _render(out: Output, st: cpb.ThrottleStatus) -> None:
             when = " (not in force: a rate set by hand overrides it until --clear)"
         elif st.next_change_at:
             when = f" (next change {time.strftime('%a %Y-%m-%d %H:%M', time.localtime(st.next_change_at))})"
-        con.print(Text(f"Schedule: {st.schedule}{when}"))
+        con.print(Text(f"Schedule: {st.schedule}{when}"), soft_wrap=True)
     else:
         con.print(Text("Schedule: none"))
     if not st.guests:

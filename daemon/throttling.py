@@ -153,7 +153,9 @@ class Throttling:
         nxt = self.scheduled.state.next_change
         if nxt is None:
             return 0.0
-        return time.time() + (nxt - self._now()).total_seconds()
+        # Through the injected clock (tests run it with an offset), to the second: the two clocks are
+        # read microseconds apart, and 17:59:59.99998 would show as 17:59.
+        return float(round(time.time() + (nxt - self._now()).total_seconds()))
 
 
 def describe_state(state: ThrottleState) -> str:
