@@ -76,6 +76,10 @@ def test_limits_set_by_hand_survive_a_restart_the_schedule_does_not(tmp_path: Pa
     again.set_global(None)
     assert Throttling(cfg, store).scheduled.override_bps is None
 
+    again.reload(ThrottleConfig(rate="5MB/s"))  # SIGHUP: the file's [throttle] replaces the running one
+    assert (again.scheduled.schedule.windows, again.scheduled.schedule.default_bps) == ((), 5 * MB)
+    assert again.limiters.global_bucket.rate_bps == 5 * MB  # no override any more: the schedule's rate
+
     again.active = lambda mid: mid != "m-1"
     again.sweep()  # m-1 finished
     assert again.limiters.migration_ids() == [] and Throttling(cfg, store).limiters.migration_ids() == []
@@ -136,6 +140,38 @@ def test_a_manual_cap_is_split_over_the_disks_wins_over_converging_and_persists(
 
     caps.set("web-1", Cap(0, 0))  # zeros remove it
     assert words() == [(0, 0)] * 2 and caps.report() == [] and GuestCaps(store).manual == {}
+
+
+class _FakeSeeds:
+    """What GuestCaps uses of Seeds: the seed tracking a VM and its trackers' ring consumers."""
+
+    def __init__(self) -> None:
+        self.recs: dict[str, object] = {}
+        self.trackers: dict[str, dict[str, _Holder]] = {}
+
+    def track(self, seed_id: str, vm: str, rings: list[Path]) -> None:
+        self.recs[seed_id] = type("Rec", (), {"id": seed_id, "vm": vm})()
+        self.trackers[seed_id] = {r.stem: _Holder(r) for r in rings}
+
+    def tracking(self, vm: str) -> object | None:
+        return next((r for r in self.recs.values() if r.vm == vm), None)  # type: ignore[attr-defined]
+
+
+def test_a_manual_cap_reaches_rings_a_seed_tracks_also_when_tracking_starts_later(tmp_path: Path) -> None:
+    ring = tmp_path / "disk0.ring"
+    create_ring(ring, 16 * MiB, capacity=1 * MiB)
+    store = StateStore(tmp_path / "daemon.db")
+    seeds = _FakeSeeds()
+    caps = GuestCaps(store, None, seeds)  # type: ignore[arg-type]
+    caps.set("db-1", Cap(3 * MB, 0))  # nobody holds the rings yet: kept, reported as not held
+    (st,) = caps.report()
+    assert (st.source, st.held, st.throttled_s) == ("manual", False, 0.0)
+    seeds.track("s-1", "db-1", [ring])  # an export starts tracking
+    caps.sample()  # the loop brings seed-held rings up to date
+    holder = seeds.trackers["s-1"]["disk0"]
+    assert (holder.consumer.counters()["throttle_bps"], caps.report()[0].held) == (3 * MB, True)
+    caps.set("db-1", None)
+    assert holder.consumer.counters()["throttle_bps"] == 0
 
 
 # ---- the CLI ---------------------------------------------------------------------------------
