@@ -287,3 +287,42 @@ class Client:
             timeout = self.timeout if timeout is None else timeout
         return await self._call(self.stub.Cutover, req, timeout)
 
+
+    # ---- throttling ----------------------------------------------------------
+
+    async def get_throttle(self) -> cpb.ThrottleStatus:
+        """Replication rate limits (global first, then per migration), the schedule, and guest caps."""
+        return await self._call(self.stub.GetThrottle, cpb.GetThrottleRequest())
+
+    async def set_throttle(self, *, rate_bps: int | None = None, clear: bool = False, migration_id: str = "",
+                           schedule: str = "") -> cpb.ThrottleStatus:
+        """Change a replication rate limit; returns the status after the change.
+
+        Global (``migration_id`` ""): ``rate_bps`` overrides the schedule by hand
+        (0 = unlimited) until ``clear``; ``schedule`` replaces the schedule in the
+        running daemon ("mon-fri 08:00-18:00 100MB/s; ...", "-" removes it).  With
+        ``migration_id``: that migration's own limit (0 or ``clear``: none).
+        """
+        if rate_bps is not None and rate_bps < 0:
+            raise InvalidArgument(f"rate_bytes_per_s: {rate_bps} is negative", hint="0 means unlimited")
+        if rate_bps is None and not (clear or schedule):
+            raise InvalidArgument("say what to change: a rate, clear, or a schedule")
+        if rate_bps == 0 and schedule and not migration_id:
+            # In one request a rate of 0 next to a schedule means "no rate given".
+            await self._call(self.stub.SetThrottle, cpb.SetThrottleRequest(schedule=schedule))
+            schedule = ""
+        req = cpb.SetThrottleRequest(migration_id=migration_id, rate_bytes_per_s=rate_bps or 0, clear=clear,
+                                     schedule=schedule)
+        return await self._call(self.stub.SetThrottle, req)
+
+    async def set_guest_cap(self, vm: str, *, bytes_per_s: int = 0, iops: int = 0) -> cpb.ThrottleStatus:
+        """Cap ``vm``'s guest writes (over all its disks; 0 = no cap on that); both 0 removes the cap.
+
+        The cap is kept across daemon restarts, wins over a migration's converging
+        throttle, and is in force whenever a migration or a seed holds the VM's rings.
+        """
+        for field, value in (("guest_bytes_per_s", bytes_per_s), ("guest_iops", iops)):
+            if value < 0:
+                raise InvalidArgument(f"{field}: {value} is negative", hint="0 means no cap")
+        return await self._call(self.stub.SetThrottle,
+                                cpb.SetThrottleRequest(vm=vm, guest_bytes_per_s=bytes_per_s, guest_iops=iops))

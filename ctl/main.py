@@ -35,6 +35,7 @@ from . import (  # noqa: E402,E501
     seed,
     stats,
     status,
+    throttle,
     vsphere,
 )
 from .client import DEFAULT_ADDRESS, Client  # noqa: E402
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (inventory, migrate, status, cutover, replication, vsphere, estimate, seed, stats, certs, audit):
+    for module in (inventory, migrate, status, cutover, replication, vsphere, estimate, seed, stats, throttle,
+                   certs, audit):
         module.register(sub, common)
     return parser
 

@@ -32,7 +32,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from liftshift.daemon.errors import Unavailable
+from liftshift.daemon.errors import LiftshiftError, Unavailable
 from liftshift.v1 import control_pb2 as cpb
 
 from .client import Client
@@ -48,6 +48,7 @@ from .output import (
     state_text,
     vm_vdisks,
 )
+from .throttle import summary as throttle_summary
 from .units import fmt_bytes, fmt_duration, fmt_rate
 
 PROGRESS_EVERY = 2.0
@@ -101,10 +102,22 @@ async def run(args: argparse.Namespace, client: Client, out: Output) -> int:
             out.console.print("No unfinished migrations.")
         else:
             out.console.print(progress_table(migrations.values()))
+        if not out.json:
+            await _throttle_line(client, out)
         return 0
     if one is not None and one.state in FINAL_STATES:
         return _already_ended(out, one)
     return await watch(args.migration, args.interval, client, out, migrations)
+
+
+async def _throttle_line(client: Client, out: Output) -> None:
+    """The rate limits and guest caps in force, if any (a daemon without throttling: nothing)."""
+    try:
+        line = throttle_summary(await client.get_throttle())
+    except LiftshiftError:
+        return
+    if line:
+        out.line(line)
 
 
 def _already_ended(out: Output, m: cpb.Migration) -> int:

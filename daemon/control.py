@@ -23,12 +23,15 @@ from . import seedfile
 from .audit import AuditLog
 from .control_audit import AuditRpcs
 from .control_stats import StatsRpcs
+from .control_throttle import ThrottleRpcs
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .estimator import EstimateRec, Estimates
+from .guestcap import GuestCaps
 from .lifecycle import FINAL
 from .migrations import Migrations
 from .platform import Platform, Power, VmInfo
 from .seed import SeedRec, Seeds
+from .throttling import Throttling
 from .vdisk import VdiskReplicator
 
 _STATES = {"copying": cpb.REPLICATION_STATE_COPYING, "converged": cpb.REPLICATION_STATE_CONVERGED,
@@ -93,15 +96,19 @@ async def wait_drained(r: VdiskReplicator, timeout: float = 600) -> None:
         await asyncio.sleep(0.02)
 
 
-class ControlServicer(AuditRpcs, StatsRpcs, control_pb2_grpc.ControlServicer):
-    """Control RPCs over the daemon's replicators (audit log: :class:`AuditRpcs`; statistics: :class:`StatsRpcs`)."""
+class ControlServicer(AuditRpcs, StatsRpcs, ThrottleRpcs, control_pb2_grpc.ControlServicer):
+    """Control RPCs over the daemon's replicators (audit log: :class:`AuditRpcs`; statistics: :class:`StatsRpcs`;
+    throttling: :class:`ThrottleRpcs`)."""
 
     def __init__(self, replicators: dict[str, VdiskReplicator], platform: Platform | None = None,
                  migrations: Migrations | None = None, estimates: Estimates | None = None,
                  assumptions: Callable[[], Any] | None = None, seeds: Seeds | None = None,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, throttling: Throttling | None = None,
+                 guest_caps: GuestCaps | None = None) -> None:
         self.replicators = replicators
         self.audit = audit
+        self.throttling = throttling
+        self.guest_caps = guest_caps
         self.seeds = seeds
         self.platform = platform
         self.migrations = migrations

@@ -252,12 +252,20 @@ class VdiskSync:
         """True once every record older than the read has been shipped."""
         return self.shipped_seq >= plan.p_seq - 1
 
+    def _loser(self, plan: ReadPlan) -> int | None:
+        end = plan.offset + plan.length
+        return next((seq for seq, off, rend in self._recent
+                     if seq >= plan.p_seq and off < end and plan.offset < rend), None)
+
+    def stale(self, plan: ReadPlan) -> bool:
+        """True if :meth:`read_done` would discard this read now (a live write it may predate has
+        shipped): the caller need not wait for anything, a rate limit say, before finding out."""
+        return self._loser(plan) is not None
+
     def read_done(self, plan: ReadPlan) -> ChunkDiscarded | None:
         """A read finished: None means ship it now; else it was re-dirtied."""
         del self._plans[plan.id]
-        end = plan.offset + plan.length
-        loser = next((seq for seq, off, rend in self._recent
-                      if seq >= plan.p_seq and off < end and plan.offset < rend), None)
+        loser = self._loser(plan)
         if not self._plans:
             self._recent.clear()
         if loser is None:

@@ -16,6 +16,8 @@ from .control import ControlServicer
 from .control_audit import AuditInterceptor, audit_refusal, check_log, daemon_resolvers, open_log
 from .errors import LiftshiftError
 from .estimator import Estimates
+from .guestcap import GuestCaps
+from .lifecycle import FINAL
 from .migrations import Migrations
 from .platform import Platform
 from .seed import Seeds
@@ -24,6 +26,7 @@ from .sim import SimPlatform
 from .state import StateStore
 from .stats import StatsStore
 from .stats_collector import StatsCollector
+from .throttling import Throttling
 from .vdisk import VdiskReplicator
 
 log = logging.getLogger("liftshift.daemon")
@@ -73,10 +76,23 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
 
     seeds.busy = busy
     auditor.resolvers = daemon_resolvers(migrations, estimates, seeds)
+    throttling = Throttling(cfg.throttle, store)
+    guest_caps = GuestCaps(store, migrations, seeds)
+    migrations.limiters = throttling.limiters
+    migrations.guest_cap = guest_caps.per_disk
+
+    def migration_active(mid: str) -> bool:
+        m = migrations.recs.get(mid)
+        if m is None:
+            return any(r.spec.migration_id == mid for r in replicators.values())
+        return m.state not in FINAL
+
+    throttling.active = migration_active
 
     async def start():  # type: ignore[no-untyped-def]
         for spec in cfg.replicate:
             replicators[spec.vdisk_id] = VdiskReplicator(spec, cfg, store)
+            replicators[spec.vdisk_id].limiters = throttling.limiters
         power_on_all = getattr(platform, "power_on_all", None)
         if power_on_all is not None:  # sim and qemu VMs defined in the configuration
             await power_on_all()
@@ -90,19 +106,22 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
                                                power_on_s=power_on if power_on is not None
                                                else platform.typical_power_on_s)
 
-        control = ControlServicer(replicators, platform, migrations, estimates, assumptions, seeds, audit)
+        control = ControlServicer(replicators, platform, migrations, estimates, assumptions, seeds, audit,
+                                  throttling, guest_caps)
         control.enable_stats(stats.store, cfg.max_message)
         control_pb2_grpc.add_ControlServicer_to_server(control, server)
         names = [control_pb2.DESCRIPTOR.services_by_name["Control"].full_name]
         hs = service.add_health_and_reflection(server, names)
         port = access.add_port(server, cfg.listen, control_access.server_credentials)
         await seeds.resume()  # before migrations: a seeded VM's first start takes its tracker over
-        await migrations.start()
+        await migrations.start()  # the limits (set by hand, and the schedule's) are in force already
+        throttling.start()
         await estimates.resume()
         await asyncio.to_thread(check_log, audit)  # not intact: serve, but refuse every audited action
         stats.start()
         if cfg.metrics_listen:
             stats.serve_metrics(cfg.metrics_listen)
+        guest_caps.start()
         await server.start()
         for r in replicators.values():
             r.start()
@@ -121,6 +140,8 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
         async def stop() -> None:
             await server.stop(5)
             await stats.stop()
+            await guest_caps.stop()
+            await throttling.stop()
             await estimates.stop_all()
             await seeds.stop_all()
             await migrations.stop()
@@ -133,14 +154,16 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
         return stop
 
     async def reload() -> None:
-        """SIGHUP: re-read the file and apply ``log_level``; other keys need a restart."""
+        """SIGHUP: re-read the file and apply ``log_level`` and ``[throttle]``; other keys need a restart."""
         try:
             new = config.load(DaemonConfig, config_path, "LIFTSHIFT_DAEMON_")
         except LiftshiftError as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             return
         logging.getLogger().setLevel(new.log_level.upper())
-        log.info("reloaded %s: log_level=%s (other keys take effect at restart)", config_path, new.log_level)
+        throttling.reload(new.throttle)
+        log.info("reloaded %s: log_level=%s, [throttle] (other keys take effect at restart)", config_path,
+                 new.log_level)
 
     await service.run(start, reload)
 

@@ -46,6 +46,7 @@ from .lifecycle import FINAL, TRANSITIONS, Event, IllegalTransition, State, allo
 from .platform import Platform, Power, ShadowDisk
 from .settings import DaemonConfig, ReplicateSpec
 from .state import StateStore
+from .throttle import Limiters
 from .vdisk import VdiskReplicator
 from .verifymap import VerifyMap
 
@@ -159,6 +160,10 @@ class Migrations:
         self.seeds: Seeds | None = None
         # Called with a VM's name before its capture is attached (the estimator lets go of its rings).
         self.before_capture: Callable[[str], Awaitable[None]] | None = None
+        # Set by the daemon: the replication rate limits, and a VM's guest cap set by hand
+        # ((bytes/s, IOPS) per disk, or None), which overrides the converging throttle.
+        self.limiters: Limiters | None = None
+        self.guest_cap: Callable[[str, int], tuple[int, int] | None] | None = None
         self._subs: set[asyncio.Queue[cpb.MigrationEvent]] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -529,7 +534,7 @@ class Migrations:
             r = self.replicators.get(d.vdisk_id)
             if r is None:
                 r = await self._start_replicator(m, d)
-            r.consumer.set_control(throttle_bps=0)
+            r.consumer.set_control(throttle_bps=0, throttle_iops=0)
             disks.append((ShadowDisk(d.name, d.vdisk_id), r, self._vmap(d)))
 
         async def step(text: str) -> None:
@@ -718,6 +723,7 @@ class Migrations:
         except (OSError, LiftshiftError) as e:
             raise FailedPrecondition(f"cannot replicate {d.vdisk_id}: {e}") from None
         r.verify_map = self._vmap(d)
+        r.limiters = self.limiters
         if d.seed_id and d.seed_base_seq >= 0:
             r.seed = (d.seed_id, d.seed_base_seq)
         self.replicators[d.vdisk_id] = r
@@ -730,14 +736,27 @@ class Migrations:
             if r is not None:
                 self._snapshot(d, r)
                 if lift_throttle:
-                    r.consumer.set_control(throttle_bps=0)
+                    r.consumer.set_control(throttle_bps=0, throttle_iops=0)
                 await r.stop()
 
     def _throttle(self, m: MigrationRec, v: VmRec, bps: int) -> None:
+        iops = 0
+        cap = self.guest_cap(v.vm, len(v.disks)) if self.guest_cap is not None else None
+        if cap is not None:
+            bps, iops = cap  # set by hand (`liftshift throttle set --vm`): wins over the converging throttle
         for d in v.disks:
             r = self.replicators.get(d.vdisk_id)
             if r is not None:
-                r.consumer.set_control(throttle_bps=bps)
+                r.consumer.set_control(throttle_bps=bps, throttle_iops=iops)
+
+    def rethrottle(self, vm: str) -> None:
+        """Write ``vm``'s guest throttle into its rings again (its cap set by hand changed)."""
+        m = self.migration_of(vm)
+        if m is None:
+            return
+        for v in m.vms:
+            if v.vm == vm and v.state in (State.SYNCING, State.CONVERGED):  # cutting over: caps are lifted
+                self._throttle(m, v, m.throttle if v.state is State.SYNCING else 0)
 
     def _fail(self, m: MigrationRec, v: VmRec, why: str) -> None:
         v.state = transition(v.state, Event.FAILED) if (v.state, Event.FAILED) in _ALLOWED else State.FAILED

@@ -75,6 +75,11 @@ CREATE TABLE IF NOT EXISTS estimate_seen (
     seen BLOB NOT NULL,
     PRIMARY KEY (estimate_id, vm, disk)
 );
+CREATE TABLE IF NOT EXISTS throttle (
+    key TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    updated REAL NOT NULL
+);
 """
 
 
@@ -218,6 +223,22 @@ class StateStore:
             row = self._db.execute("SELECT tracked_seq, dirty FROM seed_disk WHERE seed_id=? AND disk=?",
                                    (seed_id, disk)).fetchone()
         return (row[0], _unpack(row[1])) if row else (0, [])
+
+    def save_throttle(self, key: str, body: str | None) -> None:
+        """Store a throttle set by hand (JSON, written by the throttling modules); None deletes it."""
+        with self._lock:
+            if body is None:
+                self._db.execute("DELETE FROM throttle WHERE key=?", (key,))
+            else:
+                self._db.execute("INSERT INTO throttle (key, body, updated) VALUES (?,?,?) ON CONFLICT(key) DO "
+                                 "UPDATE SET body=excluded.body, updated=excluded.updated", (key, body, time.time()))
+
+    def load_throttles(self, prefix: str) -> dict[str, str]:
+        """Every stored throttle whose key starts with ``prefix``: key -> body."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, body FROM throttle WHERE substr(key, 1, ?) = ?",
+                                    (len(prefix), prefix))
+            return {k: b for k, b in rows}
 
     def close(self) -> None:
         with self._lock:

@@ -14,7 +14,11 @@ Plan.
   for asyncio with one future per waiter and at most one timer.  The core's
   decisions (priority, debt, rate changes) are thus tested without a loop.
 * **Burst and debt.**  The bucket holds at most ``burst`` bytes: by default
-  1/8 s of the rate, but at least one 1 MiB chunk (:data:`CHUNK`).  A request
+  1/8 s of the rate, but at least two 1 MiB chunks (:data:`CHUNK`): one to
+  take and one refilling meanwhile, so a sender that comes back a little late
+  for its next chunk (a busy loop, a slow read) loses no tokens to a bucket
+  already full -- with a burst of exactly one chunk, every late return is
+  lost rate.  A request
   is granted once the bucket holds ``min(nbytes, burst)``; the whole request
   is then subtracted, so a request larger than the burst is served when the
   bucket is full and leaves it in debt that later requests wait out.  The
@@ -39,9 +43,9 @@ Plan.
 
 Warnings.
 
-* Bytes taken from a migration's bucket are not returned when the take is
-  cancelled while waiting on the global bucket: a cancelled take means the
-  stream is going down, and the error is at most one chunk.
+* A take cancelled while it waits (the stream goes down, or a background
+  chunk gives way to live records) gives back what it was already granted,
+  in the migration's bucket as well as the global one.
 * With a :class:`ScheduledLimit` running, change the global rate through its
   :meth:`~ScheduledLimit.override`; :meth:`Limiters.set_global` would be
   undone at the next schedule evaluation.
@@ -65,7 +69,7 @@ from liftshift.ctl.units import parse_rate
 
 from .errors import InvalidArgument
 
-CHUNK = 1 << 20  # the replication chunk: the smallest burst, so one chunk always fits
+CHUNK = 1 << 20  # the replication chunk: the smallest burst is two, so one always fits while one refills
 BINDING_WINDOW_S = 1.0  # a limit that made someone wait this recently is "binding"
 _MIN_TIMER_S = 0.001  # uvloop timers have millisecond resolution: never arm a shorter one
 _EPS = 0.5  # bytes of slack when comparing tokens: float rounding must not leave a waiter short by 1e-9
@@ -74,8 +78,8 @@ T = TypeVar("T")
 
 
 def default_burst(rate_bps: int) -> int:
-    """The burst for ``rate_bps``: 1/8 s of it, but at least one :data:`CHUNK`."""
-    return max(rate_bps // 8, CHUNK)
+    """The burst for ``rate_bps``: 1/8 s of it, but at least two :data:`CHUNK` (see the module note)."""
+    return max(rate_bps // 8, 2 * CHUNK)
 
 
 def _check_rate(bps: int) -> int:
@@ -246,6 +250,15 @@ class TokenBucket:
         """The most bytes granted without waiting after a quiet spell."""
         return self._core.burst
 
+    def try_take(self, nbytes: int, *, live: bool) -> bool:
+        """Grant ``nbytes`` now if :meth:`take` would not wait (no waiter ahead, enough tokens)."""
+        return self._core.try_take(nbytes, live=live, now=self._clock())
+
+    def refund(self, nbytes: int, *, live: bool) -> None:
+        """Give back bytes granted to a taker that then did not use them."""
+        self._core.refund(nbytes, live=live)
+        self._pump()
+
     async def take(self, nbytes: int, *, live: bool) -> None:
         """Wait until ``nbytes`` may be sent; live takes are served before background ones."""
         core = self._core
@@ -327,7 +340,36 @@ class Limiters:
         bucket = self._migrations.get(migration_id)
         if bucket is not None:
             await bucket.take(nbytes, live=live)
-        await self.global_bucket.take(nbytes, live=live)
+        try:
+            await self.global_bucket.take(nbytes, live=live)
+        except asyncio.CancelledError:
+            if bucket is not None and self._migrations.get(migration_id) is bucket:
+                bucket.refund(nbytes, live=live)  # granted there, never sent
+            raise
+
+    def try_take(self, migration_id: str, nbytes: int, *, live: bool) -> bool:
+        """Grant ``nbytes`` at once if neither bucket would make the taker wait (the cheap path:
+        always true while both are unlimited and nobody waits); False takes nothing."""
+        bucket = self._migrations.get(migration_id)
+        if bucket is not None and not bucket.try_take(nbytes, live=live):
+            return False
+        if self.global_bucket.try_take(nbytes, live=live):
+            return True
+        if bucket is not None:
+            bucket.refund(nbytes, live=live)
+        return False
+
+    def refund(self, migration_id: str, nbytes: int, *, live: bool) -> None:
+        """Give back bytes granted by :meth:`take` or :meth:`try_take` that were then not sent
+        (a background chunk found stale after its grant)."""
+        bucket = self._migrations.get(migration_id)
+        if bucket is not None:
+            bucket.refund(nbytes, live=live)
+        self.global_bucket.refund(nbytes, live=live)
+
+    def migration_ids(self) -> list[str]:
+        """The migrations that have a limit of their own."""
+        return sorted(self._migrations)
 
     def set_global(self, rate_bps: int) -> None:
         """Set the daemon-wide rate (0 = unlimited)."""

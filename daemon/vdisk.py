@@ -10,6 +10,13 @@ nothing to do it sleeps on the ring's doorbell, a read completing, or an ack
 freeing credits.  A second task reads acks: it releases the ring only up to
 what the sink made durable and persists the copy state.
 
+Every frame first takes its bytes from the daemon's rate limits
+(:class:`~liftshift.daemon.throttle.Limiters`), live frames ahead of
+background chunks; a chunk waiting for its turn steps aside, keeping its
+place in the queue, whenever this vdisk's own live records are ready, and a
+chunk already stale is discarded without waiting.  Unlimited, a take is a
+check and a subtraction.
+
 Any failure of the session (sink down, link cut, a refused frame) ends it;
 the core puts everything in flight back, the consumer rewinds to the ring's
 release position, and the session is retried with backoff.  The sink skips
@@ -19,6 +26,7 @@ records it already holds, so nothing is applied twice or lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -40,6 +48,7 @@ from .errors import LiftshiftError, from_rpc_error
 from .lag import LagWindow
 from .settings import DaemonConfig, ReplicateSpec
 from .state import StateStore
+from .throttle import Limiters
 from .verifymap import VerifyMap
 
 log = logging.getLogger("liftshift.daemon.vdisk")
@@ -48,6 +57,7 @@ _KIND = {BACKGROUND: pb.CHUNK_KIND_BACKGROUND, RESYNC: pb.CHUNK_KIND_RESYNC, REP
 _EMPTY_XXH3 = xxhash.xxh3_64_intdigest(b"")
 _SAVE_INTERVAL_S = 0.05
 _LINGER_S = 0.002  # longest a small live batch waits for more records (see VdiskReplicator._linger)
+_RECHECK_S = 0.01  # a chunk waiting for the rate limit looks this often whether held-back records may go
 
 
 @dataclass
@@ -163,11 +173,17 @@ class VdiskReplicator:
         self.verify_map: VerifyMap | None = None
         # Set by a seeded migration: (seed id, ring sequence the imported shadow starts after).
         self.seed: tuple[str, int] | None = None
+        # Set by the daemon: the replication rate limits every frame takes its bytes from.
+        self.limiters: Limiters | None = None
+        self._bg_take: tuple[asyncio.Future[None], int] | None = None  # see _take_background
 
     # -- lifecycle ------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"replicate-{self.spec.vdisk_id}")
+        """Start shipping; a second call does nothing (the daemon starts every replicator it holds,
+        migrations start theirs when they resume: two loops on one ring would fight over it)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"replicate-{self.spec.vdisk_id}")
 
     async def stop(self) -> None:
         """Stop shipping; persist what is durable.  The migration stays resumable."""
@@ -267,6 +283,7 @@ class VdiskReplicator:
                             for rec in batch.records():
                                 self.verify_map.touched(rec.offset, rec.length)
                         frame_no += 1
+                        await self._take_live(batch.end - batch.start)
                         await call.write(self._live_frame(frame_no, batch))
                         progressed = True
                         if batch.close_seq is not None:
@@ -274,14 +291,22 @@ class VdiskReplicator:
                             self._harvest()  # overflows before CLOSE are resynced after it
                 # 2. completed reads, in plan order, once older records have shipped
                 while reads and reads[0].task.done() and self.core.ready(reads[0].plan):
+                    data, zero, digest = reads[0].task.result()
+                    nbytes = 0 if zero else len(data)
+                    took = not self.core.stale(reads[0].plan)  # a stale read is discarded: no need to wait
+                    if not took:
+                        self._drop_background_take()
+                    elif not await self._take_background(nbytes):
+                        break  # live records came while it waited for the rate limit: they go first
                     r = reads.popleft()
-                    data, zero, digest = r.task.result()
                     if self.core.read_done(r.plan) is None:
                         frame_no += 1
                         self.core.chunk_sent(frame_no, r.plan)
                         if self.verify_map is not None:
                             self.verify_map.touched(r.plan.offset, r.plan.length)
                         await call.write(self._chunk_frame(frame_no, r.plan, data, zero, digest))
+                    elif took and self.limiters is not None:
+                        self.limiters.refund(self.spec.migration_id, nbytes, live=False)  # stale: not sent
                     progressed = True
                 # 3. CLOSE barrier once the CLOSE record is out
                 if self._close_seq is not None and not self._close_sent and self.core.shipped_seq >= self._close_seq:
@@ -302,12 +327,81 @@ class VdiskReplicator:
         finally:
             for r in reads:
                 r.task.cancel()
+            self._drop_background_take()
             acks.cancel()
             call.cancel()
 
 
     def _can_live(self) -> bool:
         return self.core.can_send(self.cfg.frame_bytes)
+
+    # -- rate limit -------------------------------------------------------------
+
+    async def _take_live(self, nbytes: int) -> None:
+        """Wait for the rate limit to let a live frame of ``nbytes`` go (live takes go first)."""
+        lim = self.limiters
+        if lim is not None and not lim.try_take(self.spec.migration_id, nbytes, live=True):
+            await lim.take(self.spec.migration_id, nbytes, live=True)
+
+    async def _take_background(self, nbytes: int) -> bool:
+        """Wait for the rate limit to let the next chunk (``nbytes``) go.  False when live records
+        became ready to send meanwhile: the caller ships them first and asks again for the same
+        chunk, whose take keeps its place in the bucket's queue meanwhile.
+
+        The bucket serves live takes before background ones across vdisks;
+        this gives the same priority within one vdisk, whose loop would
+        otherwise sit in a background take while its own guest writes wait.
+        """
+        take = self._bg_take[0] if self._bg_take is not None else None
+        self._bg_take = None
+        if take is None:
+            lim = self.limiters
+            if not nbytes or lim is None or lim.try_take(self.spec.migration_id, nbytes, live=False):
+                return True  # a hole (nothing to send), unlimited, or tokens to spare: no task, no wait
+            take = asyncio.ensure_future(lim.take(self.spec.migration_id, nbytes, live=False))
+        try:
+            while not take.done():
+                if self._live_ready():
+                    self._bg_take, take = (take, nbytes), None
+                    return False
+                if self.consumer.pending_bytes():
+                    # Records wait, held back by linger or credits: look again soon.
+                    await asyncio.wait([take], timeout=self._linger() or _RECHECK_S)
+                    continue
+                wait = self.cfg.harvest_interval_ms / 1000
+                bell = asyncio.ensure_future(self.consumer.wait_async(wait))
+                try:
+                    await asyncio.wait([take, bell], timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not bell.done():
+                        bell.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await bell
+            take.result()  # raises what the take raised
+            take = None
+            return True
+        finally:
+            if take is not None:  # the session is going down: give the place (and any grant) back
+                self._bg_take = (take, nbytes)
+                self._drop_background_take()
+
+    def _drop_background_take(self) -> None:
+        """Give up a take kept for the next chunk (the session ended, or the chunk went stale),
+        returning what it was granted."""
+        if self._bg_take is None:
+            return
+        take, nbytes = self._bg_take
+        self._bg_take = None
+        if not take.done():
+            take.cancel()  # the bucket gives back a grant that raced the cancel
+        elif not take.cancelled() and take.exception() is None and self.limiters is not None:
+            self.limiters.refund(self.spec.migration_id, nbytes, live=False)
+
+    def _live_ready(self) -> bool:
+        """Live records wait in the ring and step 1 of the loop would send them now."""
+        return ((self._close_seq is None or not self._close_sent) and self._can_live()
+                and self.consumer.pending_bytes() > 0
+                and not self._linger())
 
     def _live_frame(self, frame_no: int, batch: Batch) -> bytes:
         used = batch.end - batch.start

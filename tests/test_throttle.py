@@ -48,16 +48,17 @@ class FakeClock:
 # ------------------------------------------------------------------------------------ pure bucket
 
 
-def test_default_burst_is_an_eighth_of_a_second_but_at_least_a_chunk() -> None:
+def test_default_burst_is_an_eighth_of_a_second_but_at_least_two_chunks() -> None:
     assert default_burst(80 * MB) == 10 * MB
-    assert default_burst(1 * MB) == CHUNK
-    assert default_burst(0) == CHUNK
+    assert default_burst(1 * MB) == 2 * CHUNK
+    assert default_burst(0) == 2 * CHUNK
     assert Bucket(80 * MB).burst == 10 * MB
 
 
 def test_bucket_starts_full_then_waits_exactly_for_the_deficit() -> None:
-    b: Bucket[str] = Bucket(8 * MB, now=0.0)  # burst 1 MiB (8 MB / 8 = 1 MB < 1 MiB)
-    assert b.burst == CHUNK
+    b: Bucket[str] = Bucket(8 * MB, now=0.0)  # burst 2 MiB (8 MB / 8 = 1 MB < 2 MiB)
+    assert b.burst == 2 * CHUNK
+    assert b.try_take(CHUNK, live=False, now=0.0)
     assert b.try_take(CHUNK, live=False, now=0.0)
     assert not b.try_take(CHUNK, live=False, now=0.0)
     b.enqueue("x", CHUNK, live=False, now=0.0)
@@ -66,7 +67,7 @@ def test_bucket_starts_full_then_waits_exactly_for_the_deficit() -> None:
     assert next_at == pytest.approx(CHUNK / (8 * MB), abs=1e-6)
     assert b.poll(next_at / 2) == ([], pytest.approx(next_at, abs=1e-6))
     assert b.poll(next_at)[0] == ["x"]
-    assert b.granted_bytes == 2 * CHUNK
+    assert b.granted_bytes == 3 * CHUNK
 
 
 def test_live_waiters_are_served_before_queued_background_ones() -> None:
@@ -321,17 +322,17 @@ async def test_limiters_take_from_the_migration_and_the_global_bucket() -> None:
 
 async def test_a_migration_limit_binds_only_that_migration() -> None:
     lim = Limiters(0)
-    lim.set_migration("slow", 10 * MB)  # burst 1 MiB: the second chunk waits ~0.1 s
+    lim.set_migration("slow", 10 * MB)  # burst 2 MiB: the third chunk waits ~0.1 s
     start = time.monotonic()
     for _ in range(3):
         await lim.take("fast", CHUNK, live=False)
     fast = time.monotonic() - start
     start = time.monotonic()
-    for _ in range(3):
+    for _ in range(4):
         await lim.take("slow", CHUNK, live=False)
     slow = time.monotonic() - start
     assert fast < 0.05
-    expected = 2 * CHUNK / (10 * MB)  # the first chunk came out of the full bucket
+    expected = 2 * CHUNK / (10 * MB)  # the first two chunks came out of the full bucket
     assert expected * 0.9 < slow < expected + 0.2
     by_id = {s.migration_id: s for s in lim.limits()}
     assert by_id["slow"].binding and not by_id[None].binding
@@ -354,7 +355,7 @@ async def test_global_limit_is_shared_and_effective_limit_is_the_lower() -> None
 async def test_drop_migration_releases_its_waiters() -> None:
     lim = Limiters(0)
     lim.set_migration("m", 1 * MB)
-    await lim.take("m", CHUNK, live=False)  # empties its bucket
+    await lim.take("m", 2 * CHUNK, live=False)  # empties its bucket
     waiter = asyncio.create_task(lim.take("m", CHUNK, live=False))  # would take ~1 s
     await asyncio.sleep(0.02)
     assert not waiter.done()
@@ -650,7 +651,7 @@ async def test_run_follows_an_injected_clock_across_a_boundary_and_releases_wait
     lim = Limiters()
     sched = ScheduledLimit(lim, Schedule.parse_spec("mon 06:00-08:00 1MB/s"), now=now)
     assert lim.global_bucket.rate_bps == MB
-    await lim.take("m", CHUNK, live=False)  # empties the bucket
+    await lim.take("m", 2 * CHUNK, live=False)  # empties the bucket
     waiter = asyncio.create_task(lim.take("m", CHUNK, live=False))  # ~1 s at 1 MB/s
     task = asyncio.create_task(sched.run())
     try:
