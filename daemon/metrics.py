@@ -35,7 +35,7 @@ Metrics (a Markdown table, for the README):
 | liftshift_bandwidth_bytes_per_second      | gauge     | migration, vm, vdisk | recent shipping rate (background + live)                  |
 | liftshift_ring_overflows_total            | counter   | migration, vm, vdisk | capture ring overflows (each a dirty-bitmap resync)       |
 | liftshift_ring_fill_ratio                 | gauge     | migration, vm, vdisk | capture ring fill, 0..1                                   |
-| liftshift_throttle_limit_bytes_per_second | gauge     | migration, vm, vdisk | throttle limit in force (0: none)                         |
+| liftshift_throttle_limit_bytes_per_second | gauge     | migration, vm, vdisk | replication rate limit in force (0: none)                 |
 | liftshift_guest_throttle_seconds_total    | counter   | migration, vm, vdisk | seconds the guest was held back by throttling             |
 | liftshift_verified_bytes                  | gauge     | migration, vm, vdisk | bytes proven identical ahead of cutover                   |
 | liftshift_connected                       | gauge     | migration, vm, vdisk | 1 while the stream to the sink is up, else 0              |
@@ -234,7 +234,7 @@ _SOURCE_VDISK: tuple[tuple[str, str, str, str], ...] = (
     ("liftshift_ring_overflows_total", "counter", "ring_overflows", "Capture ring overflows (dirty resyncs)."),
     ("liftshift_ring_fill_ratio", "gauge", "ring_fill_ratio", "Capture ring fill, 0..1."),
     ("liftshift_throttle_limit_bytes_per_second", "gauge", "throttle_limit_bytes_per_second",
-     "Throttle limit in force (0: none)."),
+     "Replication rate limit in force (0: none)."),
     ("liftshift_guest_throttle_seconds_total", "counter", "guest_throttle_seconds",
      "Seconds the guest was throttled."),
     ("liftshift_verified_bytes", "gauge", "verified_bytes", "Bytes proven identical ahead of cutover."),

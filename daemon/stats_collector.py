@@ -143,6 +143,15 @@ class SampleBuilder:
         self._sink.pop(vdisk, None)
 
 
+def replication_limit(r: VdiskReplicator) -> int:
+    """The replication rate limit that caps ``r`` now: its migration's effective limit, else the global one."""
+    if r.limiters is None:
+        return 0
+    limits = r.limiters.limits()
+    mine = next((ls for ls in limits if ls.migration_id == r.spec.migration_id), None)
+    return (mine or limits[0]).effective_bps
+
+
 def read(r: VdiskReplicator, migration: str, vm: str, link_bps: float) -> tuple[VdiskReading, VdiskStats]:
     """One replicator's reading and its /metrics row (on the event loop: it touches live state)."""
     p = r.core.progress
@@ -151,8 +160,10 @@ def read(r: VdiskReplicator, migration: str, vm: str, link_bps: float) -> tuple[
     backlog = backlog_bytes(r)
     fill = min(1.0, max(0.0, (ring["reserve"] - ring["release"]) / capacity)) if capacity else 0.0
     lag = r.lag_seconds()
+    limit = replication_limit(r)
     gauges = {"lag_s": lag, "backlog_bytes": float(backlog), "dirty_bytes": float(r.core.dirty_bytes),
-              "ring_fill": fill, "link_bps": link_bps, "limit_bps": float(ring["throttle_bps"])}
+              "ring_fill": fill, "link_bps": link_bps, "limit_bps": float(limit),
+              "guest_limit_bps": float(ring["throttle_bps"])}
     if backlog == 0 or link_bps > 0:
         gauges["eta_s"] = backlog / link_bps if backlog else 0.0
     st = r.stats
@@ -168,7 +179,7 @@ def read(r: VdiskReplicator, migration: str, vm: str, link_bps: float) -> tuple[
                         live_records=p.live_records, resent_bytes=p.resent_bytes, dirty_bytes=r.core.dirty_bytes,
                         backlog_bytes=backlog, lag_seconds=lag, bandwidth_bytes_per_second=link_bps,
                         ring_overflows=ring["overflows"], ring_fill_ratio=fill,
-                        throttle_limit_bytes_per_second=float(ring["throttle_bps"]),
+                        throttle_limit_bytes_per_second=float(limit),
                         guest_throttle_seconds=ring["throttled_ns"] / 1e9, connected=st.connected)
     return reading, export
 

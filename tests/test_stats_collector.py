@@ -121,3 +121,22 @@ def test_a_new_replicator_counts_from_its_start() -> None:
     again = b.build(T0 + 2, [VdiskReading("d1", "m-1", "web", 1, started=T0 - 0.5,
                                           counters={"background_bps": 4e6, "live_bps": 0.0, "write_iops": 560.0})])
     assert again[0].values == {"background_bps": 1e6, "live_bps": 0.0, "write_iops": 60.0}
+
+
+def test_limit_is_the_replication_limit_in_force() -> None:
+    from types import SimpleNamespace
+
+    from liftshift.daemon.stats_collector import replication_limit
+    from liftshift.daemon.throttle import Limiters
+
+    lim = Limiters()
+    r = SimpleNamespace(limiters=None, spec=SimpleNamespace(migration_id="m-1"))
+    assert replication_limit(r) == 0  # type: ignore[arg-type]
+    r.limiters = lim
+    assert replication_limit(r) == 0  # type: ignore[arg-type]
+    lim.set_global(30_000_000)
+    assert replication_limit(r) == 30_000_000  # type: ignore[arg-type]
+    lim.set_migration("m-1", 8_000_000)
+    assert replication_limit(r) == 8_000_000  # type: ignore[arg-type]
+    lim.set_migration("m-1", 50_000_000)  # the global limit is lower: it is the one in force
+    assert replication_limit(r) == 30_000_000  # type: ignore[arg-type]
