@@ -85,13 +85,32 @@ def rewrite_consistently(directory: Path, disk_index: int, chunk_index: int) -> 
     (directory / seedfile.MANIFEST).write_text(m.to_json())
 
 
-def test_seeded_migration_survives_a_daemon_crash_in_transit_and_a_damaged_seed(tmp_path, shm_dir, request) -> None:
-    vm = SimVmDef("db-1", [("disk0", 64 * MiB, 48 * MiB), ("disk1", 32 * MiB, 24 * MiB)], rate_ops=150,
+def test_seeded_migration_survives_daemon_crashes_and_a_damaged_seed(tmp_path, shm_dir, request) -> None:
+    vm = SimVmDef("db-1", [("disk0", 256 * MiB, 192 * MiB), ("disk1", 32 * MiB, 24 * MiB)], rate_ops=150,
                   block_size=4096, working_set=4 * MiB, boot_digest=True)
     site = Site(tmp_path, shm_dir, [vm], request.addfinalizer).start()
     drive = tmp_path / "usb" / "db-1"
 
-    seed = export(site, "db-1", drive)
+    # The daemon dies in the middle of the export; the restarted one finishes it.
+    r = cli(site, "seed", "export", "db-1", "--to", str(drive), "--no-wait", "--json")
+    assert r.returncode == 0, r
+    sid = json.loads(r.stdout)["id"]
+    deadline = time.monotonic() + 60
+    while True:
+        seed = seed_of(site, sid)
+        done, total = sum(d.exported_bytes for d in seed.disks), sum(d.size_bytes for d in seed.disks)
+        if 0 < done < total:
+            break
+        assert seed.state == "exporting" and time.monotonic() < deadline, seed
+        time.sleep(0.005)
+    assert site.daemon is not None
+    site.daemon.kill()
+    site.start_daemon()
+    while (seed := seed_of(site, sid)).state == "exporting":
+        assert time.monotonic() < deadline, seed
+        time.sleep(0.1)
+    assert seed.state == "exported", seed
+    assert f"seed {sid} of VM db-1: exporting, tracking writes" in site.daemon.log()  # it did resume
     m = seedfile.read_manifest(drive)
     seedfile.check_files(drive, m)
     assert m.vm == "db-1" and [d.name for d in m.disks] == ["disk0", "disk1"]
