@@ -11,7 +11,6 @@ import argparse
 import functools
 import json
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +23,7 @@ from liftshift.v1 import control_pb2 as cpb
 
 from .client import Client
 from .output import EXIT_FAILED, Output, clock
-from .units import parse_duration
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """Unix time of ``6h``/``3d`` ago, or of a local time ``2026-11-26T10:00`` (ValueError otherwise)."""
-    try:
-        return (time.time() if now is None else now) - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text.strip()).timestamp()  # naive: local time
-    except ValueError:
-        raise ValueError(f"{text!r} is neither a duration (6h, 3d) nor a time (2026-11-26T10:00)") from None
-
-
-def _arg_since(text: str) -> float:
-    try:
-        return parse_since(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+from .units import arg_when
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -59,7 +39,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                      "too, as in the log file).",
                          epilog="examples: liftshift audit list --since 6h; "
                                 "liftshift audit list --since 2026-11-26T10:00 --vm web-1 --json")
-    ls.add_argument("--since", type=_arg_since, default=0.0, metavar="WHEN",
+    ls.add_argument("--since", type=arg_when, default=None, metavar="WHEN",
                     help="only entries from this long ago (90m, 6h, 3d) or from this local time "
                          "(2026-11-26T10:00) on")
     ls.add_argument("--vm", default="", metavar="VM", help="only entries that touched this VM")
@@ -93,7 +73,7 @@ def entry_dict(e: cpb.AuditEntry) -> dict[str, Any]:
 
 
 async def list_entries(args: argparse.Namespace, client: Client, out: Output) -> int:
-    entries = await client.list_audit(since=args.since, vm=args.vm)
+    entries = await client.list_audit(since=args.since.resolve(time.time()) if args.since else 0.0, vm=args.vm)
     if out.json:
         out.line(json.dumps({"entries": [entry_dict(e) for e in entries]}, indent=2, ensure_ascii=False))
         return 0

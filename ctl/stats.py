@@ -31,7 +31,6 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 from rich.live import Live
 from rich.table import Table
@@ -44,43 +43,12 @@ from liftshift.daemon.stats import METRICS, Row, integrate, to_csv, to_json
 from . import charts
 from .client import Client
 from .output import Output, clock
-from .units import fmt_bytes, fmt_duration, fmt_rate, parse_duration
+from .units import arg_duration, arg_when, fmt_bytes, fmt_duration, fmt_rate
 
 DEFAULT_SINCE = 15 * 60.0
 WATCH_WINDOW = 60.0  # seconds of 1 s rows a --watch keeps on screen
 RECONNECT_FOR = 60.0  # how long a --watch keeps trying to reach a daemon it lost
 _SCOPE_ORDER = {"global": 0, "migration": 1, "vm": 2, "vdisk": 3}
-
-
-@dataclass(frozen=True)
-class When:
-    """A point in time from the command line: ``ago`` seconds before now, or Unix time ``at``."""
-
-    ago: float | None = None
-    at: float | None = None
-
-    def resolve(self, now: float) -> float:
-        return self.at if self.at is not None else now - (self.ago or 0.0)
-
-
-def arg_when(text: str) -> When:
-    """``90s``, ``15m``, ``6h``, ``3d`` (ago) or ``2024-05-01T08:00`` / ``2024-05-01 08:00:00`` (local time)."""
-    try:
-        return When(ago=parse_duration(text))
-    except ValueError:
-        pass
-    try:
-        return When(at=datetime.fromisoformat(text.strip()).timestamp())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a duration (90s, 15m, 6h, 3d) nor a date and time "
-                                         "(2024-05-01T08:00)") from None
-
-
-def arg_interval(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -112,7 +80,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     mode.add_argument("--csv", action="store_true", help="every row as CSV")
     mode.add_argument("--png", metavar="FILE", help="draw throughput, lag and backlog charts into FILE")
     mode.add_argument("--watch", "-w", action="store_true", help="live view, refreshed every --interval")
-    p.add_argument("--interval", type=arg_interval, metavar="DURATION",
+    p.add_argument("--interval", type=arg_duration, metavar="DURATION",
                    help="--watch refresh interval (default 1s)")
     p.set_defaults(run=run, validate=functools.partial(validate, parser=p))
 

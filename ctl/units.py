@@ -12,6 +12,8 @@ import argparse
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 _FACTORS: dict[str, int] = {"": 1, "b": 1}
@@ -98,6 +100,31 @@ def fmt_percent(done: int, total: int) -> str:
     return f"{min(100.0, 100.0 * done / total):.0f}%"
 
 
+@dataclass(frozen=True)
+class When:
+    """A point in time from the command line: ``ago`` seconds before now, or Unix time ``at``."""
+
+    ago: float | None = None
+    at: float | None = None
+
+    def resolve(self, now: float) -> float:
+        return self.at if self.at is not None else now - (self.ago or 0.0)
+
+
+def parse_when(text: str) -> When:
+    """``90s``, ``15m``, ``6h``, ``3d`` (that long ago) or ``2026-11-26T10:00`` / ``2026-11-26 10:00:00`` /
+    ``2026-11-26`` (local time); ValueError otherwise."""
+    try:
+        return When(ago=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        return When(at=datetime.fromisoformat(text.strip()).timestamp())  # naive: local time
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration (90s, 15m, 6h, 3d) nor a date and time "
+                         "(2026-11-26T10:00)") from None
+
+
 T = TypeVar("T")
 
 
@@ -115,3 +142,4 @@ def _arg(parse: Callable[[str], T]) -> Callable[[str], T]:
 arg_size = _arg(parse_size)
 arg_rate = _arg(parse_rate)
 arg_duration = _arg(parse_duration)
+arg_when = _arg(parse_when)

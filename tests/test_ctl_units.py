@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from ctlfake import FakeControl, event
 
 from liftshift.ctl.output import FINAL_STATES, state_text
 from liftshift.ctl.status import PlainLines
-from liftshift.ctl.units import fmt_bytes, fmt_duration, parse_rate, parse_size
+from liftshift.ctl.units import fmt_bytes, fmt_duration, parse_rate, parse_size, parse_when
 from liftshift.v1 import control_pb2 as cpb
 
 
@@ -75,3 +76,19 @@ def test_plain_lines_throttle_progress_per_vm_but_never_state_changes() -> None:
     now[0] = 200.0
     plain.event(event(m, cpb.EVENT_KIND_PROGRESS, vm="db-1"))
     assert lines[-1].split()[2] == "db-1" and len(lines) == 8
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("6h", 1_000_000.0 - 6 * 3600),
+    ("90m", 1_000_000.0 - 90 * 60),
+    ("3d", 1_000_000.0 - 3 * 86400),
+])
+def test_when_as_a_duration_ago(text: str, expected: float) -> None:
+    assert parse_when(text).resolve(1_000_000.0) == expected
+
+
+def test_when_as_a_local_time() -> None:
+    assert parse_when("2026-11-26T10:00").resolve(0.0) == time.mktime((2026, 11, 26, 10, 0, 0, 0, 0, -1))
+    assert parse_when("2026-11-26").resolve(0.0) == time.mktime((2026, 11, 26, 0, 0, 0, 0, 0, -1))
+    with pytest.raises(ValueError, match="neither a duration"):
+        parse_when("yesterday")
