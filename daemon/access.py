@@ -18,8 +18,14 @@ Plain text is possible only with an explicit ``insecure`` setting, only on a
 loopback address, and it is logged as a warning at start; every caller is
 then the admin ``insecure-loopback``.  The mechanics (certificate checks,
 tokens, the interceptor, which logs every refusal) live in
-:mod:`liftshift.daemon.security`; refusals in the TLS handshake (no
-certificate, another CA) are logged by gRPC's core.
+:mod:`liftshift.daemon.security`.
+
+The Control service ends TLS in its own front (:mod:`.tlsfront`), so that a
+handshake refused there (a certificate from another CA, an expired one) is
+audited like any refused call, and a caller without a certificate can be
+admitted by a token or refused with UNAUTHENTICATED.  The sink keeps gRPC's
+TLS (its traffic is the replication stream): a daemon it does not trust is
+refused in the handshake, logged by gRPC's core.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from .security import (
     load_channel_credentials,
     load_server_credentials,
 )
+from .tlsfront import Callers, TlsFront, server_context
 
 log = logging.getLogger("liftshift.access")
 
@@ -70,16 +77,34 @@ SINK_ROLES: Mapping[str, Role] = {
 class Access:
     """How one server listens and admits callers."""
 
-    server_credentials: grpc.ServerCredentials | None  # None: plain text (insecure loopback)
+    server_credentials: grpc.ServerCredentials | None  # None: plain text (insecure loopback, or behind front)
     interceptor: AuthInterceptor
+    front: TlsFront | None = None  # TLS ended in Python (see .tlsfront)
+
+    async def listen(self, server: grpc.aio.Server, address: str) -> int:
+        """Make ``server`` reachable on ``address`` (before ``server.start()``); the bound port."""
+        if self.front is None:
+            return add_port(server, address, self.server_credentials)
+        backend = add_port(server, "127.0.0.1:0", None)
+        port = await self.front.start(address, backend)
+        log.info("TLS on %s ends in the daemon (audited handshakes); gRPC serves behind it on back end "
+                 "127.0.0.1:%d, which admits only the front's connections", address, backend)
+        return port
+
+    async def close(self) -> None:
+        """Stop the front, if any (the gRPC server is stopped by its owner)."""
+        if self.front is not None:
+            await self.front.close()
 
 
 def server_access(what: str, listen: str, roles: Mapping[str, Role], *, insecure: bool, cert: Path | None,
                   key: Path | None, ca: Path | None, tokens_file: Path | None,
-                  on_refused: OnRefused | None = None) -> Access:
+                  on_refused: OnRefused | None = None, front: bool = False) -> Access:
     """Credentials and interceptor for a server listening on ``listen``.
 
-    Raises ConfigError for plain text on a non-loopback address, a missing or
+    With ``front`` (and TLS, on a ``HOST:PORT`` address) TLS ends in a
+    :class:`~.tlsfront.TlsFront` whose refused handshakes reach
+    ``on_refused`` too.  Raises ConfigError for plain text on a non-loopback address, a missing or
     bad certificate, key, CA or token file (naming it)."""
     if insecure:
         check_insecure_listen(listen)
@@ -87,8 +112,12 @@ def server_access(what: str, listen: str, roles: Mapping[str, Role], *, insecure
                     "use it only for demos and tests", what, listen)
         return Access(None, AuthInterceptor(roles, insecure=True, on_refused=on_refused))
     assert cert is not None and key is not None and ca is not None  # the configuration checks require them
-    creds = load_server_credentials(cert, key, ca, require_client_cert=True)
+    creds = load_server_credentials(cert, key, ca, require_client_cert=True)  # checks the files, naming them
     tokens = TokenStore.load(tokens_file) if tokens_file is not None else None
+    if front and not listen.startswith(("unix:", "unix-abstract:")):
+        callers = Callers()
+        return Access(None, AuthInterceptor(roles, tokens=tokens, on_refused=on_refused, callers=callers),
+                      TlsFront(server_context(cert, key, ca), callers, on_refused=on_refused))
     return Access(creds, AuthInterceptor(roles, tokens=tokens, on_refused=on_refused))
 
 

@@ -16,10 +16,13 @@ Plan.
   StopEstimate, ExportSeed, DropSeed, SetThrottle, VerifyVdisk (which
   re-sends chunks that differ).  Calls refused by authentication or
   authorisation are recorded too, whatever the method, reads included
-  (:func:`audit_refusal`, the AuthInterceptor's ``on_refused``): a denied
+  (:func:`audit_refusal`, the AuthInterceptor's ``on_refused``), and so are
+  handshakes the TLS front refuses (action ``TlsHandshake``): a denied
   attempt is what an auditor looks for first.
 * **The entry.**  ``who`` is the name of :data:`~.security.current_identity`
-  ("anonymous" when no auth interceptor ran), ``peer`` the gRPC peer,
+  ("anonymous" when no auth interceptor ran), ``peer`` the caller's address
+  (:data:`~.security.current_peer`: behind the TLS front, the client's, not
+  the front's),
   ``action`` the method name, ``params`` the request as proto3 JSON with the
   .proto field names (default values left out, 64-bit integers as strings)
   through :func:`~.audit.redact`; ``vms`` the request's ``vms``/``vm``, or
@@ -76,7 +79,7 @@ from liftshift.v1 import control_pb2 as cpb
 
 from .audit import AuditCorrupt, AuditEntry, AuditLog, AuditWriteFailed, VerifyResult, redact, result_of
 from .errors import ConfigError, FailedPrecondition, InvalidArgument, LiftshiftError
-from .security import Identity, OnRefused, current_identity
+from .security import Identity, OnRefused, current_identity, current_peer
 
 if TYPE_CHECKING:
     from .estimator import Estimates
@@ -168,7 +171,8 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
         if refusal is not None:  # known unable to record: refuse before acting
             cls = AuditCorrupt if isinstance(refusal, AuditCorrupt) else AuditWriteFailed
             raise cls(f"{action} refused, nothing done: {refusal.message}", hint=refusal.hint) from refusal
-        return _Pending(action, who_is(current_identity.get()), context.peer() or "", params_of(request),
+        return _Pending(action, who_is(current_identity.get()),
+                        current_peer.get() or context.peer() or "", params_of(request),
                         self.vms_of(request))
 
     async def _record(self, p: _Pending, exc: BaseException | None) -> None:

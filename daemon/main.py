@@ -54,7 +54,8 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
     # Refused calls are audited too (who tried, from where, what).
     control_access = access.server_access("the Control service", cfg.listen, access.CONTROL_ROLES,
                                           insecure=tls.insecure, cert=tls.cert, key=tls.key, ca=tls.ca,
-                                          tokens_file=tls.tokens_file, on_refused=audit_refusal(audit))
+                                          tokens_file=tls.tokens_file, on_refused=audit_refusal(audit),
+                                          front=True)
     store = StateStore(cfg.state_dir / "daemon.db")
     replicators: dict[str, VdiskReplicator] = {}
     server = service.make_server(cfg.max_message, outer=[control_access.interceptor], inner=[auditor])
@@ -112,7 +113,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
         control_pb2_grpc.add_ControlServicer_to_server(control, server)
         names = [control_pb2.DESCRIPTOR.services_by_name["Control"].full_name]
         hs = service.add_health_and_reflection(server, names)
-        port = access.add_port(server, cfg.listen, control_access.server_credentials)
+        port = await control_access.listen(server, cfg.listen)
         await seeds.resume()  # before migrations: a seeded VM's first start takes its tracker over
         await migrations.start()  # the limits (set by hand, and the schedule's) are in force already
         throttling.start()
@@ -138,6 +139,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
                  len(migrations.recs))
 
         async def stop() -> None:
+            await control_access.close()
             await server.stop(5)
             await stats.stop()
             await guest_caps.stop()

@@ -47,9 +47,11 @@ Plan.
   or unix-socket peer) is the admin ``insecure-loopback``.  The daemon must
   call :func:`check_insecure_listen` on the address first.
 
-Warnings.  Certificate refusals (unknown CA, no client certificate when one
-is required) happen in the TLS handshake, before any interceptor: they never
-reach ``on_refused`` (gRPC logs them) and the client sees UNAVAILABLE.  There
+Warnings.  Where gRPC ends TLS (the sink), certificate refusals (unknown CA,
+no client certificate when one is required) happen in the handshake, before
+any interceptor: they never reach ``on_refused`` (gRPC logs them) and the
+client sees UNAVAILABLE.  The Control service ends TLS in its own front
+(:mod:`.tlsfront`, ``callers=``), which reports them to ``on_refused``.  There
 is no revocation list: to cut a client off before its certificate expires,
 lower it with ``cert_roles`` (viewer) or replace the CA.
 
@@ -79,7 +81,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from cryptography import x509
@@ -87,6 +89,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from .errors import ERROR_KEY, HINT_KEY, ConfigError, InvalidArgument, LiftshiftError, PermissionDenied, Unauthenticated
+
+if TYPE_CHECKING:
+    from .tlsfront import Callers
 
 log = logging.getLogger("liftshift.security")
 
@@ -160,6 +165,9 @@ INSECURE_IDENTITY = Identity("insecure-loopback", Role.ADMIN, "insecure")
 #: None outside a guarded call and in the open health/reflection services).
 current_identity: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
     "liftshift_current_identity", default=None)
+#: Where that caller connects from (set with it): the gRPC peer, or behind a
+#: TLS front (:mod:`.tlsfront`) the front's peer, not its back-end connection.
+current_peer: contextvars.ContextVar[str | None] = contextvars.ContextVar("liftshift_current_peer", default=None)
 
 
 # ---- TLS material ------------------------------------------------------------
@@ -462,7 +470,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     tokens (may be replaced at run time, e.g. on reload: ``interceptor.tokens
     = TokenStore.load(path)``); ``cert_roles`` overrides certificate roles by
     CN.  ``on_refused`` hears of every refused call (never of a handshake
-    refusal).  With ``insecure`` (plaintext on loopback, see
+    refusal).  Behind a :class:`~.tlsfront.TlsFront`, ``callers`` is its
+    registry: the connection's certificate and real peer come from there,
+    and a call that did not come through the front is refused.  With ``insecure`` (plaintext on loopback, see
     :func:`check_insecure_listen`) every local caller is
     :data:`INSECURE_IDENTITY` and tokens and certificates are not looked at.
     Works with :class:`~liftshift.daemon.errors.ErrorInterceptor`
@@ -473,7 +483,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, method_roles: Mapping[str, Role | str], *, tokens: TokenStore | None = None,
                  cert_roles: Mapping[str, Role | str] | None = None, default_role: Role = Role.ADMIN,
                  on_refused: OnRefused | None = None, insecure: bool = False,
-                 public_services: Iterable[str] = PUBLIC_SERVICES) -> None:
+                 public_services: Iterable[str] = PUBLIC_SERVICES, callers: Callers | None = None) -> None:
         self.method_roles: dict[str, Role] = {}
         for method, role in method_roles.items():
             if not _METHOD_RE.match(method):
@@ -494,6 +504,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.on_refused = on_refused
         self.insecure = insecure
         self.public_services = frozenset(public_services)
+        self.callers = callers
 
     def required_role(self, method: str) -> Role | None:
         """The role ``method`` needs (None: open to anyone)."""
@@ -505,6 +516,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     # ---- who is calling ----
 
+    def peer_of(self, context: grpc.aio.ServicerContext) -> str:
+        """Where the call comes from (behind a TLS front: the front's peer)."""
+        peer = context.peer() or ""
+        if self.callers is not None:
+            caller = self.callers.lookup(peer)
+            if caller is not None:
+                return caller.peer
+        return peer
+
     def identify(self, context: grpc.aio.ServicerContext) -> Identity:
         """The caller's identity; Unauthenticated / PermissionDenied when there is none usable."""
         if self.insecure:
@@ -512,10 +532,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if not _peer_is_local(peer):
                 raise Unauthenticated(f"this daemon accepts plaintext calls from this host only, not from {peer}")
             return INSECURE_IDENTITY
-        auth = context.auth_context() or {}
+        if self.callers is not None:
+            caller = self.callers.lookup(context.peer() or "")
+            if caller is None:
+                raise Unauthenticated("this is the internal end of the daemon's TLS front",
+                                      hint="connect to the daemon's listen address, with TLS")
+            tls, cn, pem = True, caller.cn, caller.pem
+        else:
+            auth = context.auth_context() or {}
+            tls = _prop(auth, "transport_security_type") == "ssl"
+            cn, pem = _prop(auth, "x509_common_name"), _prop(auth, "x509_pem_cert")
         token = self._bearer(context.invocation_metadata() or ())
         if token is not None:
-            if _prop(auth, "transport_security_type") != "ssl":
+            if not tls:
                 raise Unauthenticated("bearer tokens are accepted over TLS only",
                                       hint="connect with TLS (the daemon's CA certificate)")
             identity = self.tokens.lookup(token)
@@ -523,9 +552,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 raise Unauthenticated("the bearer token is not valid for this daemon",
                                       hint="check the token; an admin can issue a new one")
             return identity
-        cn = _prop(auth, "x509_common_name")
         if cn:
-            return Identity(cn, self._cert_role(cn, auth), "cert")
+            return Identity(cn, self._cert_role(cn, pem), "cert")
         raise Unauthenticated("no credentials: present a client certificate or an 'authorization: Bearer' token",
                               hint="configure the client's certificate or token")
 
@@ -542,11 +570,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             raise Unauthenticated("the 'authorization' header is not 'Bearer <token>'")
         return token.strip()
 
-    def _cert_role(self, cn: str, auth: Mapping[str, Sequence[bytes]]) -> Role:
+    def _cert_role(self, cn: str, pem: str | None) -> Role:
         role = self.cert_roles.get(cn)
         if role is not None:
             return role
-        pem = _prop(auth, "x509_pem_cert")
         role = _pem_role(pem) if pem else None
         if role is None:
             raise PermissionDenied(f"the client certificate CN={cn} carries no liftshift role",
@@ -568,7 +595,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def _refuse(self, context: grpc.aio.ServicerContext, identity: Identity | None, method: str,
                       err: LiftshiftError) -> NoReturn:
-        peer = context.peer() or ""
+        peer = self.peer_of(context)
         log.warning("%s from %s (%s) refused: %s", method, identity or "unidentified caller", peer, err.message)
         if self.on_refused is not None:
             try:
@@ -591,10 +618,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             identity = await self._admit(context, method, required)
             reset = current_identity.set(identity)
+            reset_peer = current_peer.set(self.peer_of(context))
             try:
                 result = fn(request, context)
                 return await result if inspect.isawaitable(result) else result
             finally:
+                current_peer.reset(reset_peer)
                 current_identity.reset(reset)
 
         return wrapper
@@ -605,6 +634,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             # Nothing of the request stream is read before the caller is admitted.
             identity = await self._admit(context, method, required)
             reset = current_identity.set(identity)
+            reset_peer = current_peer.set(self.peer_of(context))
             items = None
             try:
                 items = fn(request, context)
@@ -619,6 +649,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 if aclose is not None:
                     await aclose()  # the handler's own finally blocks run now
                 with contextlib.suppress(ValueError):  # finalised in another context
+                    current_peer.reset(reset_peer)
+                with contextlib.suppress(ValueError):
                     current_identity.reset(reset)
 
         return wrapper

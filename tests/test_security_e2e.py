@@ -1,21 +1,30 @@
 """Authenticated access end to end: real daemons with mutual TLS, certificates and tokens of each role.
 
 The Control service admits a caller by its client certificate (role in the
-certificate) or a bearer token on top of one; a viewer may read but not act;
-a caller without a certificate, or with one from another CA, is refused in
-the TLS handshake; nothing a refused call asked for happens.  A sink refuses
-a daemon whose certificate it does not trust.  Plain text is refused on a
-non-loopback address.
+certificate) or a bearer token (with or without a certificate); a viewer may
+read but not act; a caller without credentials is refused UNAUTHENTICATED; a
+certificate from another CA, or an expired one, is refused in the TLS
+handshake, which the daemon's TLS front audits; a connection to the front's
+internal back end is refused; nothing a refused call asked for happens.  A
+sink refuses a daemon whose certificate it does not trust.  Plain text is
+refused on a non-loopback address.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from pki import make_pki
 from procs import python_module, start_process
 from simsite import SimVmDef, Site
@@ -27,6 +36,23 @@ from liftshift.v1 import control_pb2_grpc, replication_pb2_grpc
 from liftshift.v1 import replication_pb2 as rpb
 
 MiB = 1 << 20
+
+
+def expired_client(pki_dir: Path, out: Path) -> tuple[bytes, bytes]:
+    """An operator client certificate signed by the site's CA that expired yesterday: (key PEM, cert PEM)."""
+    ca_cert = x509.load_pem_x509_certificate((pki_dir / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki_dir / "ca.key").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old-operator"),
+                                     x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "liftshift:operator")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now - datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()), cert.public_bytes(serialization.Encoding.PEM))
 
 
 def call(address: str, creds: grpc.ChannelCredentials, method: str, request: object) -> object:
@@ -64,28 +90,56 @@ def test_roles_certificates_and_tokens(tmp_path: Path, shm_dir: Path, request: p
     with pytest.raises(Unauthenticated):
         call(site.address, forged, "ListVms", cpb.ListVmsRequest())
 
-    # No client certificate, or one from another CA: refused in the TLS handshake.
+    # A token alone (no client certificate) is enough; no credentials at all is UNAUTHENTICATED.
     no_cert = grpc.ssl_channel_credentials(pki.ca.read_bytes())
+    token_only = grpc.composite_channel_credentials(no_cert, grpc.access_token_call_credentials(viewer_token))
+    vms = call(site.address, token_only, "ListVms", cpb.ListVmsRequest())
+    assert isinstance(vms, cpb.ListVmsResponse) and [v.name for v in vms.vms] == ["web-1"]
+    with pytest.raises(Unauthenticated, match="no credentials"):
+        call(site.address, no_cert, "CreateMigration", create)
+
+    # A certificate from another CA, or our CA's but expired: refused in the handshake.
     other = make_pki(tmp_path / "other-ca")
     foreign = grpc.ssl_channel_credentials(pki.ca.read_bytes(), other.key("client").read_bytes(),
                                            other.pem("client").read_bytes())
-    for creds in (no_cert, foreign):
+    expired = grpc.ssl_channel_credentials(pki.ca.read_bytes(), *expired_client(pki.dir, tmp_path))
+    for creds in (foreign, expired):
         with pytest.raises(LiftshiftError) as e:
             call(site.address, creds, "CreateMigration", create)
         assert type(e.value).__name__ == "Unavailable", e.value
 
+    # The gRPC back end behind the TLS front admits nobody who did not come through it.
+    assert site.daemon is not None
+    backend = re.search(r"back end 127\.0\.0\.1:(\d+)", site.daemon.log())
+    assert backend, site.daemon.log()[-3000:]
+    with grpc.insecure_channel(f"127.0.0.1:{backend[1]}") as ch:
+        with pytest.raises(grpc.RpcError) as rpc:
+            control_pb2_grpc.ControlStub(ch).CreateMigration(create, timeout=15)
+    assert rpc.value.code() == grpc.StatusCode.UNAUTHENTICATED and "TLS front" in (rpc.value.details() or "")
+
     # None of it changed anything; the admin CLI (LIFTSHIFT_TLS_DIR) sees no migration.
     listed = site.call("ListMigrations", cpb.ListMigrationsRequest(all=True))
     assert isinstance(listed, cpb.ListMigrationsResponse) and not listed.migrations
-    # Every refusal past the handshake is in the audit log, with who tried and why.
+    # Every refusal is in the audit log, with who tried, from where and why -- the
+    # handshakes too (the same CA problem from the same host would be recorded once a minute).
     audit = site.call("ListAudit", cpb.ListAuditRequest())
     assert isinstance(audit, cpb.ListAuditResponse)
     got = [(e.who, e.action, e.result.split(":")[0]) for e in audit.entries]
     assert got == [("viewer", "CreateMigration", "PermissionDenied"), ("viewer", "Cutover", "PermissionDenied"),
-                   ("carol", "Cutover", "PermissionDenied"), ("anonymous", "ListVms", "Unauthenticated")], got
-    assert all(e.peer.startswith("ipv4:127.0.0.1:") for e in audit.entries)
+                   ("carol", "Cutover", "PermissionDenied"), ("anonymous", "ListVms", "Unauthenticated"),
+                   ("anonymous", "CreateMigration", "Unauthenticated"),
+                   ("anonymous", "TlsHandshake", "Unauthenticated"), ("anonymous", "TlsHandshake", "Unauthenticated"),
+                   ("anonymous", "CreateMigration", "Unauthenticated")], got
+    handshakes = [e.result for e in audit.entries if e.action == "TlsHandshake"]
+    assert "unable to get local issuer certificate" in handshakes[0], handshakes
+    assert "certificate has expired" in handshakes[1], handshakes
+    # The peer is the client's own address and port, never the front's back-end connection...
+    assert all(re.fullmatch(r"ipv4:127\.0\.0\.1:\d+", e.peer) for e in audit.entries), audit.entries
+    assert {int(e.peer.rsplit(":", 1)[1]) for e in audit.entries[:-1]}.isdisjoint({int(backend[1])})
+    # ...except for the direct call to the back end, refused as not having come through the front.
+    assert "TLS front" in audit.entries[-1].result
     verified = site.call("VerifyAudit", cpb.VerifyAuditRequest())
-    assert isinstance(verified, cpb.VerifyAuditResponse) and verified.ok and verified.entries == 4
+    assert isinstance(verified, cpb.VerifyAuditResponse) and verified.ok and verified.entries == 8
 
     # The CLI as a viewer: refused with its error line and exit code; as an operator: done.
     def cli(who: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -101,6 +155,14 @@ def test_roles_certificates_and_tokens(tmp_path: Path, shm_dir: Path, request: p
     assert [(e.who, e.action, e.result) for e in last] == [
         ("viewer", "CreateMigration", last[0].result), ("operator", "CreateMigration", "ok")]
     assert last[0].result.startswith("PermissionDenied")
+
+    # The CLI with a token and the CA only (no certificate anywhere): the token decides.
+    empty = tmp_path / "no-certs"
+    empty.mkdir()
+    r = subprocess.run([sys.executable, "-m", "liftshift.ctl", "--address", site.address, "--tls-dir", str(empty),
+                        "--ca", str(pki.ca), "migrate", "list", "--json"], capture_output=True, text=True, timeout=60,
+                       check=False, env={**os.environ, "LIFTSHIFT_TOKEN": viewer_token})
+    assert r.returncode == 0 and '"web-1"' in r.stdout, r
 
 
 def test_a_sink_refuses_a_daemon_it_does_not_trust(tmp_path: Path, shm_dir: Path,
