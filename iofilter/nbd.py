@@ -80,6 +80,7 @@ from pathlib import Path
 from typing import Any
 
 from . import nbdproto as P
+from .cproducer import CRingProducer, open_producer
 from .producer import RingProducer
 from .ring import RECORD_HEADER, Mapped, OutOfRangeError, RingClosedError, RingError, RingFrozenError
 
@@ -151,7 +152,7 @@ class Export:
                  ring: str | os.PathLike[str] | None = None, read_only: bool = False) -> None:
         self.name = name
         self.image = os.fspath(image)
-        self.producer: RingProducer | None = None
+        self.producer: RingProducer | CRingProducer | None = None
         self._watch: Mapped | None = None  # read-only view of the ring's words, for can_run_inline
         try:
             fd = os.open(self.image, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
@@ -339,11 +340,11 @@ class Export:
             offset += os.pwrite(self.fd, memoryview(_ZEROES)[: min(len(_ZEROES), end - offset)], offset)
 
 
-def _open_ring(ring: str | os.PathLike[str], size: int, read_only: bool) -> RingProducer:
+def _open_ring(ring: str | os.PathLike[str], size: int, read_only: bool) -> RingProducer | CRingProducer:
     if read_only:
         raise NbdConfigError("--ring with --read-only: a read-only export has no writes to capture")
     try:
-        producer = RingProducer(ring)
+        producer = open_producer(ring)
     except FileNotFoundError as e:
         missing = "" if e.filename == os.fspath(ring) else f" (its {e.filename} is missing)"
         raise NbdConfigError(f"ring {os.fspath(ring)} does not exist{missing}") from None

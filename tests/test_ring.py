@@ -1,4 +1,6 @@
-"""Behaviour of the ring through the Python producer and consumer."""
+"""Behaviour of the ring through the Python consumer and each producer: the
+Python one and the C one behind the same interface (iofilter/cproducer.py,
+which liftshift-nbd uses when the library is built)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import xxhash
+from cbuild import c_library
 
 from liftshift.iofilter import (
     FLAG_CLOSE,
@@ -29,9 +32,23 @@ from liftshift.iofilter import (
     RingVersionError,
     create_ring,
 )
+from liftshift.iofilter import cproducer
 from liftshift.iofilter.ring import HEADER, RECORD_HEADER, Geometry, read_geometry
 
 MiB = 1 << 20
+PythonProducer = RingProducer
+
+
+@pytest.fixture(autouse=True, params=["python-producer", "c-producer"])
+def producer_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with each producer (the name RingProducer is swapped for the C one)."""
+    if request.param == "c-producer":
+        monkeypatch.setenv("LIFTSHIFT_RING_LIB", str(c_library()))
+        monkeypatch.setattr(cproducer, "_lib", None)
+        monkeypatch.setattr(cproducer, "_problem", None)
+        assert cproducer.available(), cproducer.problem()
+        monkeypatch.setitem(globals(), "RingProducer", cproducer.CRingProducer)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -39,6 +56,11 @@ def ring(shm_dir: Path) -> Path:
     path = shm_dir / "vdisk.ring"
     create_ring(path, 64 * MiB, capacity=1 * MiB, chunk_size=64 << 10, max_record=256 << 10)
     return path
+
+
+def test_each_producer_is_the_one_under_test(ring: Path, producer_kind: str) -> None:
+    with RingProducer(ring) as p:
+        assert isinstance(p, cproducer.CRingProducer) == (producer_kind == "c-producer")
 
 
 def test_records_carry_what_was_written(ring: Path) -> None:
