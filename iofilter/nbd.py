@@ -16,9 +16,10 @@ TRIM, FLUSH), from every connection, runs in one ordered path, in the order
 the requests were read, so the ring's record order is exactly the order in
 which writes reached the image -- for overlapping writes too, which is what
 a replay needs -- and a FLUSH covers every write read before it.  Serialising
-only overlapping ranges would allow more parallelism, but the Python producer
+only overlapping ranges would allow more parallelism, but the producer
 publishes under one lock anyway and a pwrite of a few KiB costs less than
-range tracking.  The path is a single-thread executor, which keeps throttle
+range tracking.  The producer is the ring's C one through ctypes when
+``libliftshift_ring.so`` is built (:mod:`.cproducer`), else the Python one.  The path is a single-thread executor, which keeps throttle
 sleeps, overflow waits and fdatasync off the event loop.  Handing every 4 KiB
 write to a thread costs ~3x in IOPS (fio, before replies were coalesced:
 ~3.8k vs ~9.5k with a ring), so a small WRITE without FUA runs inline on the loop when nothing is
