@@ -17,7 +17,6 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from liftshift.daemon.audit import default_head_path, verify_file
 from liftshift.daemon.errors import NotFound
 from liftshift.v1 import control_pb2 as cpb
 
@@ -99,6 +98,8 @@ async def list_entries(args: argparse.Namespace, client: Client, out: Output) ->
 async def verify(args: argparse.Namespace, client: Client, out: Output) -> int:
     extra: dict[str, Any] = {}
     if args.file is not None:
+        from liftshift.daemon.audit import default_head_path, verify_file  # only offline (CLI start-up)
+
         if not args.file.is_file():
             return out.error(NotFound(f"no audit log at {args.file}",
                                       hint="the daemon keeps it as audit.log in its state_dir"))

@@ -39,15 +39,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING, Any
 
 from liftshift.daemon.errors import AlreadyExists, ConfigError, InvalidArgument, NotFound
 from liftshift.daemon.security import Role, TokenStore, role_ou
+
+# cryptography is imported by the functions that make or read certificates: the
+# `liftshift` CLI registers this command group on every start, whatever it runs.
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -105,6 +106,8 @@ def _write(path: Path, data: bytes, mode: int) -> None:
 
 
 def _write_pair(cert_path: Path, key_path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()), 0o600)
     _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
@@ -130,6 +133,11 @@ def _directory(dir: str | os.PathLike[str], create: bool) -> Path:
 def init_ca(dir: str | os.PathLike[str], *, cn: str = "liftshift CA", days: int = DEFAULT_CA_DAYS,
             force: bool = False) -> Written:
     """Create a CA in ``dir``: ca.pem and ca.key (0600); AlreadyExists unless ``force``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     validity = _days(days)
     if not cn.strip():
         raise InvalidArgument("the CA's common name is empty")
@@ -157,6 +165,10 @@ def init_ca(dir: str | os.PathLike[str], *, cn: str = "liftshift CA", days: int 
 
 
 def _load_ca(d: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     cert_path, key_path = d / CA_CERT, d / CA_KEY
     missing = [p.name for p in (cert_path, key_path) if not p.exists()]
     if missing:
@@ -188,6 +200,8 @@ def _load_ca(d: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
 # ---- leaf certificates -------------------------------------------------------------
 
 def _san(text: str) -> x509.GeneralName:
+    from cryptography import x509
+
     try:
         return x509.IPAddress(ipaddress.ip_address(text.strip("[]")))
     except ValueError:
@@ -205,6 +219,11 @@ def issue(dir: str | os.PathLike[str], name: str, *, kind: str = "server", role:
     addresses; default localhost, 127.0.0.1, ::1).  ``kind="client"``: for
     clientAuth, with ``role`` in ``OU=liftshift:<role>`` (required).
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     if kind not in KINDS:
         raise InvalidArgument(f"unknown certificate kind {kind!r}: server or client")
     if not _NAME_RE.match(name) or name.lower() == "ca":

@@ -19,20 +19,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from rich.table import Table
 
-from liftshift.daemon import seedfile, wire
 from liftshift.daemon.errors import LiftshiftError, from_rpc_error
-from liftshift.iofilter.alloc import tune_malloc
 from liftshift.v1 import control_pb2 as cpb
-from liftshift.v1 import replication_pb2 as rpb
 
 from .client import Client
 from .credentials import Credentials
 from .output import Output
 from .units import fmt_bytes, fmt_rate
+
+if TYPE_CHECKING:  # import_seed imports them: no other command needs them (CLI start-up)
+    from liftshift.daemon import seedfile
+    from liftshift.v1 import replication_pb2 as rpb
 
 _POLL_S = 0.5
 MAX_MESSAGE = 80 << 20  # one 64 MiB chunk at most, and its envelope
@@ -173,6 +175,10 @@ async def import_seed(directory: str | os.PathLike[str], sink: str, *,
     sent when the seed is incomplete, damaged or altered; the sink's refusals
     (no space, a shadow that exists) arrive as their typed errors.
     ``progress(bytes_sent, bytes_total)`` is called as data goes out."""
+    from liftshift.daemon import seedfile, wire
+    from liftshift.iofilter.alloc import tune_malloc
+    from liftshift.v1 import replication_pb2 as rpb
+
     tune_malloc()  # 1 MiB messages: keep their buffers in the heap (see liftshift.iofilter.alloc)
     path = Path(directory)
     m = seedfile.read_manifest(path)

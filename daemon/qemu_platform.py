@@ -44,7 +44,7 @@ from pathlib import Path
 
 from liftshift.iofilter import RingProducer, create_ring, remove_ring
 from liftshift.iofilter.ring import Mapped, RingClosedError, RingError
-from liftshift.sink.destination import pid_alive, reap, spawn_guest
+from liftshift.sink.destination import pid_alive, pid_exists, reap, spawn_guest
 from liftshift.v1 import common_pb2
 from liftshift.v1 import destination_pb2 as dpb
 
@@ -172,7 +172,9 @@ class QemuPlatform(Platform):
             deadline = time.monotonic() + _START_WAIT_S
             while not qmp.exists():
                 reap(pid)
-                if not pid_alive(pid, qemu.MARKER):
+                # pid_exists, not pid_alive: our unreaped child cannot be another process, and
+                # right after spawning its command line may still read empty (exec not finished).
+                if not pid_exists(pid):
                     raise FailedPrecondition(f"VM {name}: QEMU exited at start",
                                              hint=f"see {vdir / 'qemu.log'}: {_tail(vdir / 'qemu.log')}")
                 if time.monotonic() > deadline:
@@ -194,7 +196,7 @@ class QemuPlatform(Platform):
         deadline = time.monotonic() + _START_WAIT_S
         while not ready.exists():
             reap(pid)
-            if not pid_alive(pid, NBD_MARKER):
+            if not pid_exists(pid):  # just spawned: see power_on
                 raise FailedPrecondition(f"VM {vm.name}: liftshift-nbd of disk {disk} exited at start",
                                          hint=_tail(vdir / f"{disk}.nbd.log"))
             if time.monotonic() > deadline:

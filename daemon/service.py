@@ -15,13 +15,14 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from .errors import ErrorInterceptor
+
+if TYPE_CHECKING:
+    from grpc_health.v1 import health
 
 log = logging.getLogger("liftshift.service")
 
@@ -75,6 +76,10 @@ def make_server(max_message: int, *, outer: Sequence[grpc.aio.ServerInterceptor]
 
 def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
     """Register health checking (every service SERVING) and reflection."""
+    # Imported here: clients (the CLI, through grpc_options) need none of it.
+    from grpc_health.v1 import health, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
     hs = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     names = list(service_names)
@@ -84,6 +89,8 @@ def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[s
 
 async def mark_serving(hs: health.aio.HealthServicer, service_names: Iterable[str]) -> None:
     """Report the overall server ("") and each service as SERVING."""
+    from grpc_health.v1 import health_pb2
+
     for name in ["", *service_names]:
         await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
 

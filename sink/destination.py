@@ -194,7 +194,7 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         # QEMU refuses bad arguments at once: say so instead of reporting a running VM.
         time.sleep(_QEMU_SETTLE_S)
         reap(pid)
-        if not pid_alive(pid, qemu.MARKER):
+        if not pid_exists(pid):  # our child, just spawned: its command line may not show yet
             tail = (vm_dir / "qemu.log").read_text(errors="replace").strip().splitlines()[-3:]
             raise FailedPrecondition(f"QEMU exited at start: {' | '.join(tail)}", hint=f"see {vm_dir / 'qemu.log'}")
         return pid

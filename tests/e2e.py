@@ -58,9 +58,13 @@ class Pair:
     sink: DaemonProcess | None = None
     daemon: DaemonProcess | None = None
     via_port: int | None = None  # the daemon reaches the sink through this port (a proxy) when set
+    # One channel to each daemon process (a restarted daemon gets a new one), not one per poll.
+    _channel: grpc.Channel | None = field(default=None, init=False, repr=False)
+    _channel_to: DaemonProcess | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self.cleanup(self._close_channel)
         self.source = self.root / "source.img"
         self.ring = self.root / "source.ring"
         self.data = self.root / "sink-data"
@@ -95,8 +99,16 @@ class Pair:
 
     def _control(self) -> control_pb2_grpc.ControlStub:
         assert self.daemon is not None
-        channel = grpc.insecure_channel(self.daemon.address)
-        return control_pb2_grpc.ControlStub(channel)
+        if self._channel is None or self._channel_to is not self.daemon:
+            self._close_channel()
+            self._channel = grpc.insecure_channel(self.daemon.address)
+            self._channel_to = self.daemon
+        return control_pb2_grpc.ControlStub(self._channel)
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = self._channel_to = None
 
     def status(self) -> cpb.VdiskReplication:
         resp = self._control().ListReplications(cpb.ListReplicationsRequest(), timeout=10)

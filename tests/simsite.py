@@ -68,12 +68,17 @@ class Site:
     boot_digest: bool = False  # every VM's guest reports the digests of what it booted from
     sink: DaemonProcess | None = None
     daemon: DaemonProcess | None = None
+    # One channel to each daemon process (a restarted daemon gets a new one): a channel
+    # per call would cost a TLS handshake on both sides every time a test polls.
+    _channel: grpc.Channel | None = field(default=None, init=False, repr=False)
+    _channel_to: DaemonProcess | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.sim_dir = self.root / "sim"
         self.data = self.root / "sink-data"
         self.cleanup(self.kill_guests)
+        self.cleanup(self._close_channel)
         # Mutual TLS, as in production; the CLI run by the test finds its
         # credentials through LIFTSHIFT_TLS_DIR (restored when the test ends).
         self.pki = make_pki(self.root / "tls")
@@ -132,7 +137,17 @@ class Site:
     # -- control -------------------------------------------------------------
 
     def stub(self) -> control_pb2_grpc.ControlStub:
-        return control_pb2_grpc.ControlStub(grpc.secure_channel(self.address, self.pki.credentials()))
+        """A Control stub on this site's channel to the daemon now running."""
+        if self._channel is None or self._channel_to is not self.daemon:
+            self._close_channel()
+            self._channel = grpc.secure_channel(self.address, self.pki.credentials())
+            self._channel_to = self.daemon
+        return control_pb2_grpc.ControlStub(self._channel)
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = self._channel_to = None
 
     def call(self, method: str, request: object, timeout: float = 60) -> object:
         """A Control RPC; a refusal is raised as the server's typed error."""

@@ -32,10 +32,25 @@ from liftshift.v1 import control_pb2 as cpb
 
 def cli(site: Site, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real `liftshift` CLI against the site's daemon."""
+    return finish(cli_start(site, *args), timeout)
+
+
+def cli_start(site: Site, *args: str) -> subprocess.Popen[str]:
+    """Start the real CLI (runs that do not depend on each other go side by side; see :func:`finish`)."""
     exe = Path(sys.executable).parent / "liftshift"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "liftshift.ctl"]
-    return subprocess.run([*cmd, "--address", site.address, *args], capture_output=True, text=True,
-                          timeout=timeout, check=False, env={**os.environ, "COLUMNS": "200"})
+    return subprocess.Popen([*cmd, "--address", site.address, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def ok(r: subprocess.CompletedProcess[str]) -> str:
@@ -80,7 +95,11 @@ def test_cli_actions_are_audited_and_a_tampered_log_is_named_and_refused(tmp_pat
     ok(cli(site, "cutover", "--auto", mid))  # each VM as soon as it converges
     site.wait_state(mid, cpb.MIGRATION_STATE_COMPLETED, timeout=90)
 
-    entries = json.loads(ok(cli(site, "--json", "audit", "list")))["entries"]
+    # Reads, side by side (none of them is audited).
+    reads = [cli_start(site, "--json", "audit", "list"), cli_start(site, "audit", "list"),
+             cli_start(site, "--json", "audit", "list", "--vm", "web-1", "--since", "1h"),
+             cli_start(site, "audit", "verify")]
+    entries = json.loads(ok(finish(reads[0])))["entries"]
     got = [(e["seq"], e["action"], e["params"], e["vms"], e["result"]) for e in entries]
     assert got == [
         (1, "CreateMigration", {"name": "audited", "vms": ["web-1"], "destination": site.destination,
@@ -98,12 +117,12 @@ def test_cli_actions_are_audited_and_a_tampered_log_is_named_and_refused(tmp_pat
     times = [e["time"] for e in entries]
     assert t0 <= times[0] and times == sorted(times) and times[-1] <= time.time()
 
-    table = ok(cli(site, "audit", "list"))
+    table = ok(finish(reads[1]))
     for e in entries:
         assert e["action"] in table and e["result"] in table
     assert "IllegalTransition" in table and mid not in table  # params only with --json
-    assert len(json.loads(ok(cli(site, "--json", "audit", "list", "--vm", "web-1", "--since", "1h")))["entries"]) == 6
-    assert ok(cli(site, "audit", "verify")).strip() == "ok: 6 entries, chain intact"
+    assert len(json.loads(ok(finish(reads[2])))["entries"]) == 6
+    assert ok(finish(reads[3])).strip() == "ok: 6 entries, chain intact"
 
     # A second daemon on the same state directory (another port) is refused at start.
     state = site.root / "daemon-state"
@@ -116,22 +135,28 @@ def test_cli_actions_are_audited_and_a_tampered_log_is_named_and_refused(tmp_pat
 
     # -- the daemon stopped: verify offline, then tamper with three copies -------------------------
     assert site.daemon is not None and site.daemon.stop() == 0
-    assert ok(cli(site, "audit", "verify", "--file", str(log))).strip() == "ok: 6 entries, chain intact"
     original = log.read_bytes()
     lines = original.splitlines(keepends=True)
     assert len(lines) == 6
     copies = {}
-    for how, first_bad, reason in TAMPERED:
+    for how, _, _ in TAMPERED:
         d = tmp_path / f"tampered-{how}"
         d.mkdir()
         shutil.copy(head, d / "audit.head")
         (d / "audit.log").write_bytes(b"".join(tamper(lines, how)))
         copies[how] = d
-        r = cli(site, "--json", "audit", "verify", "--file", str(d / "audit.log"))
+    # The offline verifications, side by side: the log as it is, then each tampered copy.
+    intact = cli_start(site, "audit", "verify", "--file", str(log))
+    checks = [cli_start(site, "--json", "audit", "verify", "--file", str(copies[how] / "audit.log"))
+              for how, _, _ in TAMPERED]
+    plain = cli_start(site, "audit", "verify", "--file", str(copies["altered"] / "audit.log"))
+    assert ok(finish(intact)).strip() == "ok: 6 entries, chain intact"
+    for (_, first_bad, reason), check in zip(TAMPERED, checks, strict=True):
+        r = finish(check)
         assert r.returncode == 1, r
         v = json.loads(r.stdout)
         assert (v["ok"], v["first_bad_seq"], v["reason"]) == (False, first_bad, reason), v
-    r = cli(site, "audit", "verify", "--file", str(copies["altered"] / "audit.log"))
+    r = finish(plain)
     assert r.returncode == 1, r
     assert r.stdout == f"FAILED: {TAMPERED[0][2]}\n  first bad entry: 2; 1 entry before it verified\n"
 

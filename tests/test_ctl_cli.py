@@ -1,8 +1,19 @@
-"""The ``liftshift`` CLI, run as a real subprocess against the fake Control service."""
+"""The ``liftshift`` CLI against the fake Control service.
+
+What it prints and the exit code of each outcome are checked through the
+CLI's ``main()`` in this process (:func:`cli`; a process start costs ~0.9 s,
+and this file makes over a hundred calls).  Everything a process adds is
+checked with the real thing: the installed ``liftshift`` script and
+``python -m liftshift.ctl`` (help, the environment, exit codes of an
+unreachable or slow daemon) and, with :func:`start_cli`, Ctrl-C, terminals
+and a watch outliving a daemon restart.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import pty
@@ -18,6 +29,7 @@ from typing import Any
 import pytest
 from ctlfake import FakeControl, GiB, MiB, event, identical_report, run_to_completion, serve
 
+from liftshift.ctl.main import main
 from liftshift.daemon import errors
 from liftshift.daemon.lifecycle import Event
 from liftshift.v1 import common_pb2
@@ -40,18 +52,44 @@ class Run:
 
 
 async def cli(*args: str, address: str | None = None, env: dict[str, str] | None = None,
-              timeout: float = 60, module: bool = False) -> Run:
-    """Run ``liftshift [--address A] ARGS`` (stdout and stderr are pipes, not a terminal)."""
+              timeout: float = 60, real: bool = False, module: bool = False) -> Run:
+    """Run ``liftshift [--address A] ARGS`` with stdout and stderr captured (not a terminal), in
+    this environment without its ``LIFTSHIFT_*`` variables plus ``env``.
+
+    By default the CLI's ``main()`` runs in this process, in a worker thread (its own event
+    loop; this thread's loop serves the fake).  With ``real`` it is the installed ``liftshift``
+    script in a subprocess, with ``module`` ``python -m liftshift.ctl``."""
+    argv = [*(["--address", address] if address is not None else []), *args]
+    if not (real or module):
+        return await asyncio.wait_for(asyncio.to_thread(_main_in_process, argv, env or {}), timeout)
     cmd = [sys.executable, "-m", "liftshift.ctl"] if module or not SCRIPT.exists() else [str(SCRIPT)]
-    if address is not None:
-        cmd += ["--address", address]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LIFTSHIFT_")}
     full_env.update(env or {})
-    proc = await asyncio.create_subprocess_exec(*cmd, *args, stdout=asyncio.subprocess.PIPE,
+    proc = await asyncio.create_subprocess_exec(*cmd, *argv, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE, env=full_env)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), err.decode())
+
+
+def _main_in_process(argv: list[str], env: dict[str, str]) -> Run:
+    """``main(argv)`` as the script runs it: its return value, or SystemExit's code (usage errors)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("LIFTSHIFT_") or k in env}
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        for k in saved:
+            del os.environ[k]
+        os.environ.update(env)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main(argv)
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else 1
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+    return Run(rc, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
@@ -80,7 +118,7 @@ def rows(text: str, first: str) -> list[list[str]]:
 # ---- help, usage, global options ---------------------------------------------------
 
 async def test_help_documents_commands_and_exit_codes() -> None:
-    for r in (await cli("--help"), await cli("--help", module=True)):
+    for r in (await cli("--help", real=True), await cli("--help", module=True)):
         assert r.rc == 0
         for word in ("inventory", "migrate", "status", "cutover", "verify", "replications", "vsphere",
                      "LIFTSHIFT_ADDRESS"):
@@ -116,9 +154,9 @@ async def test_usage_errors_exit_2_without_calling_the_daemon(args: list[str], c
 
 async def test_address_from_env_and_global_options_after_the_command(fake_addr: tuple[FakeControl, str]) -> None:
     fake, addr = fake_addr
-    r = await cli("inventory", env={"LIFTSHIFT_ADDRESS": addr})
+    r = await cli("inventory", env={"LIFTSHIFT_ADDRESS": addr}, real=True)
     assert r.rc == 0 and "web-1" in r.out
-    r = await cli("inventory", "--json", "--address", addr)
+    r = await cli("inventory", "--json", "--address", addr, real=True)
     assert r.rc == 0 and [vm["name"] for vm in r.json()["vms"]] == ["web-1", "db-1", "cold-1"]
     assert [name for name, _ in fake.requests] == ["ListVms", "ListVms"]
 
@@ -635,20 +673,20 @@ async def test_exit_code_per_error_type(error: errors.LiftshiftError, rc: int,
 
 async def test_unreachable_daemon_exits_4_naming_the_address() -> None:
     addr = f"127.0.0.1:{free_port()}"
-    r = await cli("migrate", "list", address=addr)
+    r = await cli("migrate", "list", address=addr, real=True)
     assert r.rc == 4 and r.out == ""
     first, hint = r.err.splitlines()
     assert first.startswith(f"liftshift: cannot reach the liftshift daemon at {addr}")
     assert hint.startswith(f"  hint: check that liftshift-daemon is running and listening on {addr}; ")
     assert "TLS" in hint  # which credentials were used (here: none found), for a failed handshake
-    r = await cli("--json", "status", "--watch", address=addr)
+    r = await cli("--json", "status", "--watch", address=addr, real=True)
     assert r.rc == 4 and r.error()["type"] == "Unavailable" and addr in r.error()["hint"]
 
 
 async def test_a_slow_daemon_exits_4_after_the_timeout(fake_addr: tuple[FakeControl, str]) -> None:
     fake, addr = fake_addr
     fake.delay["ListVms"] = 3
-    r = await cli("--timeout", "0.5", "inventory", address=addr)
+    r = await cli("--timeout", "0.5", "inventory", address=addr, real=True)
     assert r.rc == 4
     assert r.err.splitlines()[0] == f"liftshift: the liftshift daemon at {addr} did not answer within 0.5 s"
 

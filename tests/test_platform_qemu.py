@@ -65,11 +65,12 @@ async def env(tmp_path: Path, shm_dir: Path, request: pytest.FixtureRequest) -> 
     scfg = tmp_path / "sink.toml"
     scfg.write_text(f'listen = "127.0.0.1:{port}"\ndata_dir = "{tmp_path / "sink-data"}"\nstop_vms_on_exit = true\n'
                      "insecure = true\n")
-    start_process(python_module("liftshift.sink.main", "--config", scfg, "--port-file", tmp_path / "sink.port"),
-                  tmp_path / "sink.port", cleanup=request.addfinalizer)
     platform = QemuPlatform(qemu_config(tmp_path, shm_dir), tmp_path / "qemu")
     request.addfinalizer(lambda: _kill_all(platform))
     await platform.power_on("running-1")
+    # The sink starts while the guest boots.
+    start_process(python_module("liftshift.sink.main", "--config", scfg, "--port-file", tmp_path / "sink.port"),
+                  tmp_path / "sink.port", cleanup=request.addfinalizer)
     wait_console(platform, "running-1", "LIFTSHIFT-WRITING")  # the guest writes from now on
     destination = f"127.0.0.1:{port}"
 

@@ -29,7 +29,7 @@ from liftshift.daemon.errors import (
     SequenceError,
     TooLarge,
 )
-from liftshift.daemon.hashing import hash_ranges, zero_digest
+from liftshift.daemon.hashing import file_xxh3_128, hash_ranges, zero_digest
 from liftshift.iofilter.ring import FLAG_CLOSE, FLAG_TRIM, FLAG_ZERO, WORD_BUSY
 from liftshift.sink.apply import VdiskApplier
 from liftshift.sink.config import SinkConfig, load_config, reference_markdown
@@ -40,6 +40,7 @@ from liftshift.sink.stream import EMPTY, FrameQueue
 
 DISK = 1 << 20
 KiB = 1 << 10
+MiB = 1 << 20
 
 
 class FakeStore:
@@ -419,6 +420,25 @@ def test_hash_ranges_refuses_a_range_past_the_file(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert zero_digest(4096) == xxhash.xxh3_128_digest(bytes(4096))
+
+
+@pytest.mark.parametrize("where", ["tmp", "shm"])
+def test_whole_file_digest_hashes_holes_as_zeros(where: str, tmp_path: Path, shm_dir: Path) -> None:
+    """fd_xxh3_128 skips holes (SEEK_DATA) yet digests exactly the bytes the file reads as."""
+    path = (tmp_path if where == "tmp" else shm_dir) / "sparse.img"
+    size = 21 * MiB + 4097  # not a multiple of the read size
+    extents = [(0, 1000), (5 * MiB + 123, 3 * MiB + 7), (12 * MiB, 4 * MiB), (size - 10, 10)]
+    rng = random.Random(5)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off, n in extents:
+            f.seek(off)
+            f.write(rng.randbytes(n))
+    assert file_xxh3_128(path) == xxhash.xxh3_128_hexdigest(path.read_bytes())
+    empty = path.with_name("empty.img")
+    with open(empty, "wb") as f:
+        f.truncate(9 * MiB)  # a hole only
+    assert file_xxh3_128(empty) == xxhash.xxh3_128_hexdigest(bytes(9 * MiB))
 
 
 @pytest.mark.parametrize("good", ["a", "vm-01_disk.0", "A" * 128, "0.vmdk"])

@@ -42,9 +42,24 @@ DISKS = ("disk0", "disk1")
 
 
 def cli(site: Site, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "liftshift.ctl", "--address", site.address, *args],
-                          capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**os.environ, "COLUMNS": "160"})
+    return finish(cli_start(site, *args), timeout)
+
+
+def cli_start(site: Site, *args: str) -> subprocess.Popen[str]:
+    """Start the real CLI (independent runs go on side by side; :func:`finish` collects one)."""
+    return subprocess.Popen([sys.executable, "-m", "liftshift.ctl", "--address", site.address, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "160"})
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def ring_writes(site: Site, vm: str, disk: str) -> tuple[int, int]:
@@ -131,22 +146,27 @@ def test_statistics_match_the_guest_and_survive_a_restart(tmp_path: Path, shm_di
     assert all(row.values.get("sink_fsync_ms", 0) >= 0 for row in rows)
     assert any("sink_apply_ms" in row.values for row in rows if row.scope == "vdisk"), latest
 
+    # The CSV, the table and the PNG (the slowest: matplotlib) are made side by side.
+    png = tmp_path / "stats.png"
+    runs = {"csv": cli_start(site, "stats", "--migration", mid, "--since", "5m", "--csv"),
+            "table": cli_start(site, "stats", "--migration", mid),
+            "png": cli_start(site, "stats", "--png", str(png), "--migration", mid, "--since", "5m")}
+
     # CSV parses, with the same keys.
-    r = cli(site, "stats", "--migration", mid, "--since", "5m", "--csv")
+    r = finish(runs["csv"])
     assert r.returncode == 0, r.stderr
     parsed = list(csv.DictReader(io.StringIO(r.stdout)))
     assert len(parsed) >= len(rows) and {(p["scope"], p["key"]) for p in parsed} == keys
     assert all(float(p["write_iops"]) >= 0 for p in parsed if p["scope"] == "vdisk" and p["write_iops"])
 
     # The table: one line per key, latest rates and the range's totals.
-    r = cli(site, "stats", "--migration", mid)
+    r = finish(runs["table"])
     assert r.returncode == 0, r.stderr
     for word in (f"migration {mid}", "vm stat-1", f"vdisk {vdisks['disk0']}", "in this range", "live"):
         assert word in r.stdout, r.stdout
 
     # A PNG worth looking at.
-    png = tmp_path / "stats.png"
-    r = cli(site, "stats", "--png", str(png), "--migration", mid, "--since", "5m")
+    r = finish(runs["png"])
     assert r.returncode == 0, r.stderr
     assert f"Wrote {png}" in r.stdout
     from PIL import Image
@@ -195,7 +215,11 @@ def test_statistics_match_the_guest_and_survive_a_restart(tmp_path: Path, shm_di
     stopped = time.time()
     site.daemon.stop()
     site.start_daemon()
-    time.sleep(3.0)
+    deadline = time.monotonic() + 30  # until the restarted daemon has recorded a row (a few seconds)
+    while not any(row.t > stopped + 1 for row in site.call("GetStats", cpb.StatsRequest(
+            since=stopped, scope="migration", key=mid)).rows):
+        assert time.monotonic() < deadline, site.daemon.log()[-3000:]
+        time.sleep(0.2)
     r = cli(site, "stats", "--migration", mid, "--since", "5m", "--json")
     assert r.returncode == 0, r.stderr
     again = [Row.from_dict(d) for d in json.loads(r.stdout) if d["scope"] == "migration"]
