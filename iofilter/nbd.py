@@ -11,26 +11,27 @@ from :mod:`liftshift.iofilter.ring`: for every WRITE, WRITE_ZEROES and TRIM,
 completion, so a write the guest saw complete is always in the ring (or in
 its overflow bitmap), and a write that was refused never touched the image.
 
-Ordering: every write-side operation of an export (WRITE, WRITE_ZEROES,
-TRIM, FLUSH), from every connection, runs in one ordered path, in the order
-the requests were read, so the ring's record order is exactly the order in
-which writes reached the image -- for overlapping writes too, which is what
-a replay needs -- and a FLUSH covers every write read before it.  Serialising
-only overlapping ranges would allow more parallelism, but the producer
-publishes under one lock anyway and a pwrite of a few KiB costs less than
-range tracking.  The producer is the ring's C one through ctypes when
-``libliftshift_ring.so`` is built (:mod:`.cproducer`), else the Python one.  The path is a single-thread executor, which keeps throttle
-sleeps, overflow waits and fdatasync off the event loop.  Handing every 4 KiB
-write to a thread costs ~3x in IOPS (fio, before replies were coalesced:
-~3.8k vs ~9.5k with a ring), so a small WRITE without FUA runs inline on the loop when nothing is
+Ordering: every write-side operation of an export (WRITE, WRITE_ZEROES, TRIM,
+FLUSH), from every connection, runs in one ordered path, in the order the
+requests were read, so the ring's record order is exactly the order in which
+writes reached the image -- for overlapping writes too, which is what a replay
+needs -- and a FLUSH covers every write read before it. Serialising only
+overlapping ranges would allow more parallelism, but the producer publishes
+under one lock anyway and a pwrite of a few KiB costs less than range
+tracking. The producer is the ring's C one through ctypes when
+``libliftshift_ring.so`` is built (:mod:`.cproducer`), else the Python one.
+The path is a single-thread executor, which keeps throttle sleeps, overflow
+waits and fdatasync off the event loop. Handing every 4 KiB write to a thread
+costs ~3x in IOPS (fio, before replies were coalesced: ~3.8k vs ~9.5k with a
+ring), so a small WRITE without FUA runs inline on the loop when nothing is
 queued in the thread (it cannot overtake anything) and it cannot sleep (no
-throttle word set, room in the ring): :meth:`Export.can_run_inline`.  Reads
-run beside the writes: small ones inline (a pread from the page cache),
-large ones in a two-thread pool.  The connection's reader never waits for a
-request to finish, only for an in-flight budget (count and bytes), so
-requests pipeline and replies go out in completion order; the replies of
-one burst of requests are coalesced into one send (a send per 4 KiB reply
-was the largest cost left in a profile under fio at queue depth 8).
+throttle word set, room in the ring): :meth:`Export.can_run_inline`. Reads run
+beside the writes: small ones inline (a pread from the page cache), large ones
+in a two-thread pool. The connection's reader never waits for a request to
+finish, only for an in-flight budget (count and bytes), so requests pipeline
+and replies go out in completion order; the replies of one burst of requests
+are coalesced into one send (a send per 4 KiB reply was the largest cost left
+in a profile under fio at queue depth 8).
 
 Refusals (NBD error values, mapped in :func:`wire_error`): a frozen ring ->
 EIO (the write may succeed later); a closed ring or a read-only export ->

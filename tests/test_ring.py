@@ -30,9 +30,9 @@ from liftshift.iofilter import (
     RingGeometryError,
     RingProducer,
     RingVersionError,
+    cproducer,
     create_ring,
 )
-from liftshift.iofilter import cproducer
 from liftshift.iofilter.ring import HEADER, RECORD_HEADER, Geometry, read_geometry
 
 MiB = 1 << 20
