@@ -124,22 +124,27 @@ def test_roles_certificates_and_tokens(tmp_path: Path, shm_dir: Path, request: p
     # handshakes too (the same CA problem from the same host would be recorded once a minute).
     audit = site.call("ListAudit", cpb.ListAuditRequest())
     assert isinstance(audit, cpb.ListAuditResponse)
-    got = [(e.who, e.action, e.result.split(":")[0]) for e in audit.entries]
+    # gRPC may retry a refused connection and abandon the retry mid-handshake when the call
+    # ends: that is recorded too ("closed the connection during the handshake"), as an
+    # extra entry this comparison leaves out.
+    every = list(audit.entries)
+    entries = [e for e in every if "closed the connection during the handshake" not in e.result]
+    got = [(e.who, e.action, e.result.split(":")[0]) for e in entries]
     assert got == [("viewer", "CreateMigration", "PermissionDenied"), ("viewer", "Cutover", "PermissionDenied"),
                    ("carol", "Cutover", "PermissionDenied"), ("anonymous", "ListVms", "Unauthenticated"),
                    ("anonymous", "CreateMigration", "Unauthenticated"),
                    ("anonymous", "TlsHandshake", "Unauthenticated"), ("anonymous", "TlsHandshake", "Unauthenticated"),
                    ("anonymous", "CreateMigration", "Unauthenticated")], got
-    handshakes = [e.result for e in audit.entries if e.action == "TlsHandshake"]
+    handshakes = [e.result for e in entries if e.action == "TlsHandshake"]
     assert "unable to get local issuer certificate" in handshakes[0], handshakes
     assert "certificate has expired" in handshakes[1], handshakes
     # The peer is the client's own address and port, never the front's back-end connection...
-    assert all(re.fullmatch(r"ipv4:127\.0\.0\.1:\d+", e.peer) for e in audit.entries), audit.entries
-    assert {int(e.peer.rsplit(":", 1)[1]) for e in audit.entries[:-1]}.isdisjoint({int(backend[1])})
+    assert all(re.fullmatch(r"ipv4:127\.0\.0\.1:\d+", e.peer) for e in every), every
+    assert {int(e.peer.rsplit(":", 1)[1]) for e in entries[:-1]}.isdisjoint({int(backend[1])})
     # ...except for the direct call to the back end, refused as not having come through the front.
-    assert "TLS front" in audit.entries[-1].result
+    assert "TLS front" in entries[-1].result
     verified = site.call("VerifyAudit", cpb.VerifyAuditRequest())
-    assert isinstance(verified, cpb.VerifyAuditResponse) and verified.ok and verified.entries == 8
+    assert isinstance(verified, cpb.VerifyAuditResponse) and verified.ok and verified.entries == len(every)
 
     # The CLI as a viewer: refused with its error line and exit code; as an operator: done.
     def cli(who: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -199,14 +199,18 @@ def test_refused_handshakes_are_reported_once_per_host_and_reason(pki: Path, mon
             for _ in range(4):  # a certificate from another CA (gRPC may try more than once per call)
                 err = await rpc_error(s.address, creds(pki, "mallory"))
                 assert err.code() == grpc.StatusCode.UNAVAILABLE
+            foreign = "the client certificate was refused: unable to get local issuer certificate"
+
+            def of_foreign() -> list[str]:  # (a loaded machine may add other reasons: a client giving up)
+                return [r for _, _, r in s.refusals.seen if r.startswith(foreign)]
+
             await until(lambda: s.front.refused >= 4)
-            assert [(m, r) for _, m, r in s.refusals.seen] == [
-                ("TlsHandshake", "the client certificate was refused: unable to get local issuer certificate")]
+            assert [(m, r) for _, m, r in s.refusals.seen if r.startswith(foreign)] == [("TlsHandshake", foreign)]
             await asyncio.sleep(1.1)
             await rpc_error(s.address, creds(pki, "mallory"))
-            await until(lambda: len(s.refusals.seen) >= 2)
+            await until(lambda: len(of_foreign()) >= 2)
             again = re.search(r"\((\d+) more such refusals from ipv4:127\.0\.0\.1 were not recorded separately\)$",
-                              s.refusals.seen[1][2])
+                              of_foreign()[1])
             assert again and int(again[1]) >= 3 and 2 + int(again[1]) <= s.front.refused, s.refusals.seen
 
             def reported(text: str) -> Callable[[], bool]:
