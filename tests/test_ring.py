@@ -141,7 +141,9 @@ def test_throttle_holds_the_configured_rate(ring: Path, mode: str) -> None:
             c.release(c.read_pos) if c.read() else None
         elapsed = time.monotonic() - t0
         rate = (n - 1) * size / elapsed
-        assert abs(rate - expected) / expected < 0.10, (rate, expected)
+        # Never more than 10% above the limit; below it, a loaded machine oversleeps (each
+        # slot starts when the last sleep ended), so the floor is looser.
+        assert 0.75 * expected < rate < 1.10 * expected, (rate, expected)
         assert p.counters()["throttled_ns"] > 0.5 * elapsed * 1e9
 
 
