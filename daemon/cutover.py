@@ -4,8 +4,9 @@ Design note
 -----------
 The steps, each timed, each announced as an event:
 
-1. define the VM at the destination, and verify the chunks still pending
-   one last time (both before the stop: not downtime);
+1. once every vdisk has a session with the sink (its shadow exists
+   there), define the VM at the destination, and verify the chunks still
+   pending one last time (both before the stop: not downtime);
 2. **stop** the source VM through the platform; its rings end with CLOSE;
 3. **drain**: wait until every vdisk's CLOSE barrier is durable at the sink
    and nothing is left to read or ship;
@@ -74,6 +75,19 @@ async def preverify(r: VdiskReplicator, vmap: VerifyMap, max_chunks: int) -> int
     return len(chunks) - len(bad)
 
 
+async def wait_connected(replicators: list[VdiskReplicator], timeout: float) -> None:
+    """Until every vdisk has a session with the sink: its shadow exists there (OpenVdisk)."""
+    deadline = time.monotonic() + timeout
+    while not all(r.stats.connected for r in replicators):
+        if time.monotonic() > deadline:
+            late = [r.spec.vdisk_id for r in replicators if not r.stats.connected]
+            errors = "; ".join(f"{r.spec.vdisk_id}: {r.stats.last_error}" for r in replicators if r.stats.last_error)
+            raise FailedPrecondition(f"vdisks {', '.join(late)} have no session with the sink after {timeout:.0f}s"
+                                     + (f" ({errors})" if errors else ""),
+                                     hint="check the sink and the link, then retry the cutover")
+        await asyncio.sleep(0.01)
+
+
 async def wait_closed_and_drained(replicators: list[VdiskReplicator], timeout: float) -> None:
     """Until every vdisk's CLOSE barrier is durable and nothing is left to ship."""
     deadline = time.monotonic() + timeout
@@ -132,6 +146,10 @@ async def cut_over(vm: str, destination: str, migration_id: str, platform: Platf
     """Run the cutover of one VM; raises a LiftshiftError (with the times so far in ``.times``) on failure."""
     t = CutoverTimes()
     reps = [r for _, r, _ in disks]
+    # The destination VM is defined on the shadow vdisks, which exist at the sink once each
+    # replicator's session has opened its vdisk there: a cutover forced right after the
+    # migration started, or run again by a daemon restarted before that, must wait for it.
+    await wait_connected(reps, drain_timeout)
     await platform.create_destination(vm, destination, migration_id, [d for d, _, _ in disks])
     # Last verification round while the VM still runs: what is left for the
     # downtime is only what the guest writes between now and the stop.

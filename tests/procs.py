@@ -122,6 +122,64 @@ def start_process(args: Sequence[str | os.PathLike[str]], port_file: str | os.Pa
     pytest's ``request.addfinalizer``) receives the stop function.  Raises
     RuntimeError with the log's tail when the process exits or never serves.
     """
+    return spawn_process(args, port_file, env=env, cwd=cwd, cleanup=cleanup, host=host, log_path=log_path,
+                         timeout=timeout).wait(health_service=health_service, credentials=credentials)
+
+
+class Starting:
+    """A process started by :func:`spawn_process`; :meth:`wait` until it serves."""
+
+    def __init__(self, args: Sequence[str | os.PathLike[str]], handle: DaemonProcess, port_path: Path,
+                 timeout: float) -> None:
+        self.args = args
+        self.handle = handle
+        self.port_path = port_path
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+
+    def _fail(self, why: str) -> RuntimeError:
+        proc = self.handle.proc
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        return RuntimeError(f"{self.args[0]} ... {why}; exit status {proc.returncode}; output:\n"
+                            f"{_tail(self.handle.log_path)}")
+
+    def wait(self, *, health_service: str = "", credentials: grpc.ChannelCredentials | None = None) -> DaemonProcess:
+        """Until it has written its port file and answers health checks with SERVING (RuntimeError
+        with the log's tail when it exits or the start's timeout passes first)."""
+        proc, port = self.handle.proc, None
+        while port is None:
+            if proc.poll() is not None:
+                raise self._fail("exited before writing its port file")
+            if time.monotonic() > self.deadline:
+                raise self._fail(f"wrote no port file {self.port_path} within {self.timeout:.0f} s")
+            try:
+                text = self.port_path.read_text().strip()
+                port = int(text) if text else None
+            except (FileNotFoundError, ValueError):
+                port = None
+            if port is None:
+                time.sleep(0.02)
+        try:
+            wait_serving(f"{self.handle.host}:{port}", service=health_service,
+                         timeout=max(1.0, self.deadline - time.monotonic()), alive=lambda: proc.poll() is None,
+                         credentials=credentials)
+        except TimeoutError as e:
+            raise self._fail(str(e)) from None
+        if proc.poll() is not None:
+            raise self._fail("exited while starting")
+        self.handle.port = port
+        return self.handle
+
+
+def spawn_process(args: Sequence[str | os.PathLike[str]], port_file: str | os.PathLike[str], *,
+                  env: dict[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+                  cleanup: Callable[[Callable[[], None]], object] | None = None, host: str = "127.0.0.1",
+                  log_path: str | os.PathLike[str] | None = None, timeout: float = START_TIMEOUT_S) -> Starting:
+    """Start ``args`` as a process without waiting for it: processes that do not need each other
+    start side by side (most of a start is the interpreter importing).  Arguments as for
+    :func:`start_process`; ``timeout`` counts from now."""
     port_path = Path(port_file)
     port_path.unlink(missing_ok=True)  # a stale file would look like a started daemon
     logp = Path(log_path) if log_path is not None else port_path.with_name(port_path.name + ".log")
@@ -129,36 +187,7 @@ def start_process(args: Sequence[str | os.PathLike[str]], port_file: str | os.Pa
     with open(logp, "ab") as out:
         proc = subprocess.Popen([os.fspath(a) for a in args], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=full_env, cwd=cwd)
-
-    def fail(why: str) -> RuntimeError:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        return RuntimeError(f"{args[0]} ... {why}; exit status {proc.returncode}; output:\n{_tail(logp)}")
-
-    handle = DaemonProcess(proc, 0, logp, host)  # the port is filled in below
+    handle = DaemonProcess(proc, 0, logp, host)  # the port is filled in by Starting.wait
     if cleanup is not None:
         cleanup(handle.stop)
-    deadline = time.monotonic() + timeout
-    port = None
-    while port is None:
-        if proc.poll() is not None:
-            raise fail("exited before writing its port file")
-        if time.monotonic() > deadline:
-            raise fail(f"wrote no port file {port_path} within {timeout:.0f} s")
-        try:
-            text = port_path.read_text().strip()
-            port = int(text) if text else None
-        except (FileNotFoundError, ValueError):
-            port = None
-        if port is None:
-            time.sleep(0.02)
-    try:
-        wait_serving(f"{host}:{port}", service=health_service, timeout=max(1.0, deadline - time.monotonic()),
-                     alive=lambda: proc.poll() is None, credentials=credentials)
-    except TimeoutError as e:
-        raise fail(str(e)) from None
-    if proc.poll() is not None:
-        raise fail("exited while starting")
-    handle.port = port
-    return handle
+    return Starting(args, handle, port_path, timeout)

@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 from e2e import free_port
 from pki import make_pki
-from procs import DaemonProcess, python_module, start_process
+from procs import DaemonProcess, Starting, python_module, spawn_process
 
 from liftshift.daemon.errors import LiftshiftError, from_rpc_error
 from liftshift.daemon.hashing import file_xxh3_128
@@ -104,13 +104,16 @@ class Site:
         return f"127.0.0.1:{self.daemon_port}"
 
     def start_sink(self) -> DaemonProcess:
+        self.sink = self._spawn_sink().wait(credentials=self.pki.credentials())
+        return self.sink
+
+    def _spawn_sink(self) -> Starting:
         cfg = self.root / "sink.toml"
         cfg.write_text(f'listen = "{self.destination}"\ndata_dir = "{self.data}"\nfsync_window_ms = 5\n'
                        f"stop_vms_on_exit = true\n{self.sink_extra}\n" + self.pki.sink_toml())
         pf = self.root / "sink.port"
-        self.sink = start_process(python_module("liftshift.sink.main", "--config", cfg, "--port-file", pf), pf,
-                                  cleanup=self.cleanup, credentials=self.pki.credentials())
-        return self.sink
+        return spawn_process(python_module("liftshift.sink.main", "--config", cfg, "--port-file", pf), pf,
+                             cleanup=self.cleanup)
 
     def daemon_config(self) -> Path:
         cfg = self.root / "daemon.toml"
@@ -122,16 +125,20 @@ class Site:
         return cfg
 
     def start_daemon(self) -> DaemonProcess:
-        cfg = self.daemon_config()
-        pf = self.root / "daemon.port"
-        pf.unlink(missing_ok=True)
-        self.daemon = start_process(python_module("liftshift.daemon.main", "--config", cfg, "--port-file", pf),
-                                    pf, cleanup=self.cleanup, credentials=self.pki.credentials())
+        self.daemon = self._spawn_daemon().wait(credentials=self.pki.credentials())
         return self.daemon
 
+    def _spawn_daemon(self) -> Starting:
+        cfg = self.daemon_config()
+        pf = self.root / "daemon.port"
+        return spawn_process(python_module("liftshift.daemon.main", "--config", cfg, "--port-file", pf), pf,
+                             cleanup=self.cleanup)
+
     def start(self) -> Site:
-        self.start_sink()
-        self.start_daemon()
+        """The sink and the daemon, started side by side (neither needs the other to start)."""
+        sink, daemon = self._spawn_sink(), self._spawn_daemon()
+        self.sink = sink.wait(credentials=self.pki.credentials())
+        self.daemon = daemon.wait(credentials=self.pki.credentials())
         return self
 
     # -- control -------------------------------------------------------------

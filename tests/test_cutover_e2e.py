@@ -126,6 +126,27 @@ def test_example_configs_load() -> None:
     assert os.path.exists(REPO / "daemon/systemd/liftshift-daemon.service")
 
 
+def test_forced_cutover_waits_for_the_sessions_with_the_sink(tmp_path: Path, shm_dir: Path,
+                                                             request: pytest.FixtureRequest) -> None:
+    """The destination VM is defined on the shadow vdisks, which exist at the sink once the
+    replicators' sessions have opened them: a cutover forced before that -- here the sink went
+    away before the migration started; a daemon restarted in the first moments of a cutover
+    gets there too -- waits for the sessions (the source keeps running) instead of failing."""
+    vm = SimVmDef("early-1", [("disk0", 16 * MiB, 4 * MiB)], rate_ops=50)
+    site = Site(tmp_path, shm_dir, [vm], request.addfinalizer, boot_digest=True).start()
+    mid = site.call("CreateMigration", cpb.CreateMigrationRequest(vms=["early-1"], destination=site.destination)).id
+    assert site.sink is not None and site.sink.stop() == 0
+    site.call("StartMigration", cpb.MigrationRef(migration_id=mid))
+    fut = site.stub().Cutover.future(cpb.CutoverRequest(migration_id=mid, vm="early-1", force=True), timeout=120)
+    site.wait_state(mid, cpb.MIGRATION_STATE_CUTTING_OVER, 30)
+    time.sleep(1.0)
+    assert site.migration(mid).vms[0].state == cpb.MIGRATION_STATE_CUTTING_OVER
+    site.start_sink()
+    (rep,) = fut.result().reports
+    assert rep.forced and rep.identical and not rep.error, rep
+    assert_identical_at_stop(site, mid, vm)
+
+
 def test_cutover_interrupted_by_a_daemon_crash_finishes_after_restart(tmp_path: Path, shm_dir: Path,
                                                                       request: pytest.FixtureRequest) -> None:
     """kill -9 of the daemon during a (forced) cutover: the restarted daemon runs

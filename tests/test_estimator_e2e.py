@@ -46,7 +46,7 @@ def test_prediction_matches_the_real_migration_over_a_throttled_link(tmp_path, s
                           cleanup=request.addfinalizer, credentials=site.pki.credentials())
     link = proxy.address
 
-    e = site.call("StartEstimate", cpb.StartEstimateRequest(vms=["app-1"], destination=link, window_seconds=12,
+    e = site.call("StartEstimate", cpb.StartEstimateRequest(vms=["app-1"], destination=link, window_seconds=8,
                                                             interval_seconds=1, probe_bytes=96 * MiB,
                                                             probe_seconds=4), timeout=60)
     assert isinstance(e, cpb.Estimate)
