@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from e2e import free_port
 from esxhost import EsxHost, make_vm
@@ -29,6 +30,8 @@ from pyVmomi import vim
 from vcsim import Vcsim, start_vcsim
 
 from liftshift.daemon.hashing import file_xxh3_128
+from liftshift.v1 import control_pb2 as cpb
+from liftshift.v1 import control_pb2_grpc
 
 MiB = 1 << 20
 SCRIPT = Path(sys.executable).with_name("liftshift")
@@ -70,17 +73,24 @@ class VsphereSite:
         return Run(proc.returncode, out.decode(), err.decode())
 
     async def wait_migration(self, mid: str, states: set[str], timeout: float = 180) -> dict[str, Any]:
-        """``migrate show --json`` until its state (label, e.g. "completed") is one of ``states``."""
+        """``migrate show --json`` once its state (label, e.g. "completed") is one of ``states``
+        (polled through the Control service: a CLI process per poll costs most of a second)."""
         states = {f"MIGRATION_STATE_{s.upper().replace('-', '_')}" for s in states}
         deadline = time.monotonic() + timeout
-        last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            got = await self.cli("migrate", "show", mid, "--json")
-            if got.rc == 0:
-                last = got.json()
-                if last.get("state") in states:
-                    return last
-            await asyncio.sleep(0.2)
+        last: Any = None
+        async with grpc.aio.secure_channel(self.daemon.address, self.pki.credentials()) as channel:
+            stub = control_pb2_grpc.ControlStub(channel)
+            while time.monotonic() < deadline:
+                try:
+                    last = await stub.GetMigration(cpb.MigrationRef(migration_id=mid), timeout=10)
+                except grpc.aio.AioRpcError as e:
+                    last = e
+                else:
+                    if cpb.MigrationState.Name(last.state) in states:
+                        got = await self.cli("migrate", "show", mid, "--json")
+                        assert got.rc == 0 and got.json()["state"] in states, got
+                        return dict(got.json())
+                await asyncio.sleep(0.05)
         raise AssertionError(f"migration {mid} did not reach {states} in {timeout}s; last: {last}\n"
                              f"{self.daemon.log()[-4000:]}\nhost: {self.host.log[-20:]} {self.host.errors[-5:]}")
 
