@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .producer import RingProducer
+from .producer import AdmitAndPublish, RingProducer
 from .ring import (
     Mapped,
     NotARingError,
@@ -96,7 +96,7 @@ def problem() -> str | None:
     return _problem
 
 
-class CRingProducer:
+class CRingProducer(AdmitAndPublish):
     """:class:`~.producer.RingProducer`'s interface over ``liftshift_ring.c`` (see the module note)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -169,21 +169,6 @@ class CRingProducer:
         """Publish an admitted TRIM: the range is discarded."""
         self._check(offset, length)
         return self._published(self._lib.ls_ring_publish_trim(self._h, offset, length), offset, length)
-
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
-        """Admit and publish a WRITE."""
-        self.admit(offset, len(memoryview(data).cast("B")))
-        return self.publish_write(offset, data)
-
-    def write_zeroes(self, offset: int, length: int) -> bool:
-        """Admit and publish a ZERO record."""
-        self.admit(offset, length)
-        return self.publish_zeroes(offset, length)
-
-    def trim(self, offset: int, length: int) -> bool:
-        """Admit and publish a TRIM record."""
-        self.admit(offset, length)
-        return self.publish_trim(offset, length)
 
     def close(self) -> int:
         """Append the CLOSE record and return its sequence, the ring's final one."""

@@ -9,6 +9,7 @@ straight to the end of the new record.
 
 from __future__ import annotations
 
+import abc
 import errno
 import os
 import struct
@@ -41,7 +42,39 @@ _MAX_RANGE_RECORD = 1 << 30  # ZERO / TRIM ranges are split at 1 GiB
 _CLOSE_WAIT_S = 30.0
 
 
-class RingProducer:
+class AdmitAndPublish(abc.ABC):
+    """``write``/``write_zeroes``/``trim`` as admit + publish, for a producer's callers
+    with no vdisk write of their own in between (shared by both producers)."""
+
+    @abc.abstractmethod
+    def admit(self, offset: int, length: int) -> None: ...
+
+    @abc.abstractmethod
+    def publish_write(self, offset: int, data: bytes | bytearray | memoryview) -> bool: ...
+
+    @abc.abstractmethod
+    def publish_zeroes(self, offset: int, length: int) -> bool: ...
+
+    @abc.abstractmethod
+    def publish_trim(self, offset: int, length: int) -> bool: ...
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
+        """Admit and publish a WRITE (for callers with no vdisk of their own)."""
+        self.admit(offset, len(memoryview(data).cast("B")))
+        return self.publish_write(offset, data)
+
+    def write_zeroes(self, offset: int, length: int) -> bool:
+        """Admit and publish a ZERO record."""
+        self.admit(offset, length)
+        return self.publish_zeroes(offset, length)
+
+    def trim(self, offset: int, length: int) -> bool:
+        """Admit and publish a TRIM record."""
+        self.admit(offset, length)
+        return self.publish_trim(offset, length)
+
+
+class RingProducer(AdmitAndPublish):
     """Publish writes of one vdisk into its ring.
 
     Each public write method returns ``True`` when the write went into the
@@ -103,21 +136,6 @@ class RingProducer:
     def publish_trim(self, offset: int, length: int) -> bool:
         """Publish an admitted TRIM: the range is discarded (reads back as zeros)."""
         return self._publish_range(FLAG_TRIM, offset, length)
-
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
-        """Admit and publish a WRITE (for callers with no vdisk of their own)."""
-        self.admit(offset, len(memoryview(data).cast("B")))
-        return self.publish_write(offset, data)
-
-    def write_zeroes(self, offset: int, length: int) -> bool:
-        """Admit and publish a ZERO record."""
-        self.admit(offset, length)
-        return self.publish_zeroes(offset, length)
-
-    def trim(self, offset: int, length: int) -> bool:
-        """Admit and publish a TRIM record."""
-        self.admit(offset, length)
-        return self.publish_trim(offset, length)
 
     def close(self) -> int:
         """Append the CLOSE record and return its sequence, the ring's final one."""

@@ -36,6 +36,17 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
 
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Wait for a process started with pipes (a CLI run side by side with others); kill it on timeout."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def python_module(module: str, *args: object) -> list[str]:
     """The command line running ``python -m module args...`` with this interpreter."""
     return [sys.executable, "-m", module, *(str(a) for a in args)]

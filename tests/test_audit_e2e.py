@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from e2e import free_port
-from procs import python_module
+from procs import finish, python_module
 from simsite import MiB, SimVmDef, Site
 
 from liftshift.daemon.audit import AuditCorrupt
@@ -41,16 +41,6 @@ def cli_start(site: Site, *args: str) -> subprocess.Popen[str]:
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "liftshift.ctl"]
     return subprocess.Popen([*cmd, "--address", site.address, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def ok(r: subprocess.CompletedProcess[str]) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from e2e import free_port
+from procs import finish
 from prometheus_client.parser import text_string_to_metric_families
 from simsite import SimVmDef, Site
 
@@ -50,16 +51,6 @@ def cli_start(site: Site, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "liftshift.ctl", "--address", site.address, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "160"})
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def ring_writes(site: Site, vm: str, disk: str) -> tuple[int, int]:
