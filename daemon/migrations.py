@@ -35,7 +35,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from liftshift.iofilter import RingConsumer
 from liftshift.v1 import control_pb2 as cpb
@@ -139,6 +139,20 @@ class _Rate:
     t: float = 0.0
     shipped: int = 0
     bps: float = 0.0
+
+
+#: A monitor tick running longer than this (or ten intervals) is named in the log.
+TICK_WARN_S = 5.0
+
+
+def _await_chain(task: asyncio.Future[Any]) -> list[Any]:
+    """The frames of a pending task's coroutine and of every coroutine it awaits, outermost first."""
+    frames = []
+    coro: Any = task.get_coro() if isinstance(task, asyncio.Task) else None
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        frames.append(coro.cr_frame)
+        coro = getattr(coro, "cr_await", None)
+    return frames
 
 
 class Migrations:
@@ -576,9 +590,19 @@ class Migrations:
         """Every interval: sample, converge / diverge, auto cutover, preverify, publish."""
         interval = self.cfg.progress_interval_ms / 1000
         while not self._stopping:
+            tick = asyncio.ensure_future(self.tick())
             try:
-                await self.tick()
+                # A tick that does not end in time is named in the log, with where it waits
+                # (convergence and automatic cutover wait for it), and then awaited further.
+                late = max(TICK_WARN_S, 10 * interval)
+                done, _ = await asyncio.wait({tick}, timeout=late)
+                if not done:
+                    where = "".join(f"\n  {f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}"
+                                    for f in _await_chain(tick))
+                    log.warning("migration monitor: a tick has run for %.1f s; it waits at:%s", late, where)
+                await tick
             except asyncio.CancelledError:
+                tick.cancel()
                 raise
             except Exception:  # the loop must survive anything one migration does
                 log.exception("migration monitor")
