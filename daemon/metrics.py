@@ -69,14 +69,17 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+# prometheus_client and http.server are imported where metrics are served or
+# rendered: every daemon and sink imports this module for its snapshot types,
+# most of them serve no /metrics (~50 ms of start-up).
+if TYPE_CHECKING:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.registry import Collector
 
 log = logging.getLogger("liftshift.metrics")
 
@@ -152,6 +155,8 @@ class HistogramSnapshot:
 
     def cumulative(self) -> list[tuple[str, float]]:
         """(le, observations <= le) pairs ending with "+Inf", as Prometheus wants them."""
+        from prometheus_client.utils import floatToGoString
+
         out, acc = [], 0
         for le, n in zip([*(floatToGoString(b) for b in self.bounds), "+Inf"], self.counts, strict=True):
             acc += n
@@ -267,13 +272,16 @@ def metric_names(role: str) -> list[str]:
 
 
 def _family(name: str, kind: str, help: str, labels: Sequence[str]) -> CounterMetricFamily | GaugeMetricFamily:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
     if kind == "counter":  # the family is named without _total; the exposition adds it
         return CounterMetricFamily(name.removesuffix("_total"), help, labels=labels)
     return GaugeMetricFamily(name, help, labels=labels)
 
 
-class _SnapshotCollector(Collector):
-    """Metric families built from the daemon's snapshot at every scrape."""
+class _SnapshotCollector:
+    """Metric families built from the daemon's snapshot at every scrape (a prometheus_client
+    ``Collector`` by its methods, which is all a registry asks for)."""
 
     def __init__(self, source: Callable[[], SourceSnapshot] | None,
                  sink: Callable[[], SinkSnapshot] | None) -> None:
@@ -290,6 +298,8 @@ class _SnapshotCollector(Collector):
 
     @staticmethod
     def _families(src: SourceSnapshot | None, snk: SinkSnapshot | None) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+
         if src is not None:
             for name, kind, attr, help in _SOURCE_VDISK:
                 fam = _family(name, kind, help, SOURCE_LABELS)
@@ -344,6 +354,10 @@ class MetricsServer:
 
 
 def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+    from http.server import BaseHTTPRequestHandler
+
+    from prometheus_client.exposition import choose_encoder
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             if self.path.split("?", 1)[0] not in ("/metrics", "/metrics/"):
@@ -378,19 +392,25 @@ class MetricsExporter:
 
     def __init__(self, *, source: Callable[[], SourceSnapshot] | None = None,
                  sink: Callable[[], SinkSnapshot] | None = None, process: bool = True) -> None:
+        from prometheus_client import CollectorRegistry, ProcessCollector
+
         self.registry = CollectorRegistry()
-        self.registry.register(_SnapshotCollector(source, sink))
+        self.registry.register(cast("Collector", _SnapshotCollector(source, sink)))
         if process:
             ProcessCollector(registry=self.registry)
         self._servers: list[MetricsServer] = []
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """(body, content type) of a scrape with this Accept header."""
+        from prometheus_client.exposition import choose_encoder
+
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 
     def start_http(self, host: str = "127.0.0.1", port: int = 0) -> tuple[MetricsServer, int]:
         """Serve /metrics on ``host``:``port`` (0: any free port) from a thread; returns (server, real port)."""
+        from http.server import ThreadingHTTPServer
+
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
         class Server(ThreadingHTTPServer):

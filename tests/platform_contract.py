@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -32,6 +33,15 @@ class ContractEnv:
     # Opens a shadow vdisk for each disk of a VM at the destination, so the
     # VM can be defined there; returns ShadowDisks.
     make_shadows: object
+    # Waits until the running VM's guest is up and writing (a real guest takes
+    # seconds to boot; only the tests that need its writes or its shutdown wait).
+    guest_ready: Callable[[], Awaitable[None]] | None = None
+
+    async def running_guest(self) -> str:
+        """The running VM, once its guest writes."""
+        if self.guest_ready is not None:
+            await self.guest_ready()
+        return self.running_vm
 
 
 async def open_shadows(platform: Platform, destination: str, vm: str, closed: bool) -> list[ShadowDisk]:
@@ -100,7 +110,7 @@ class PlatformContract:
             await env.platform.stop_source("ghost")
 
     async def test_attach_captures_every_later_write_and_is_idempotent(self, env: ContractEnv) -> None:
-        info = await env.platform.attach_capture(env.running_vm)
+        info = await env.platform.attach_capture(await env.running_guest())
         assert all(d.capture_attached and d.ring is not None for d in info.disks)
         again = await env.platform.attach_capture(env.running_vm)
         assert [d.ring for d in again.disks] == [d.ring for d in info.disks]
@@ -110,7 +120,7 @@ class PlatformContract:
         # or was overwritten later by another captured write (checked at stop below).
 
     async def test_stop_ends_every_ring_with_close_and_leaves_disks(self, env: ContractEnv) -> None:
-        info = await env.platform.attach_capture(env.running_vm)
+        info = await env.platform.attach_capture(await env.running_guest())
         images = {d.name: d.image for d in info.disks}
         await env.platform.stop_source(env.running_vm)
         await env.platform.stop_source(env.running_vm)  # idempotent
@@ -154,7 +164,7 @@ class PlatformContract:
             await asyncio.sleep(0.05)
 
     async def test_rollback_removes_destination_and_restarts_source(self, env: ContractEnv) -> None:
-        vm = env.running_vm
+        vm = await env.running_guest()  # its stop is a guest shutdown
         shadows: list[ShadowDisk] = await env.make_shadows(vm, closed=True)  # type: ignore[operator]
         await env.platform.attach_capture(vm)
         await env.platform.stop_source(vm)

@@ -18,7 +18,7 @@ from guestimage import INIT_SCRIPT, GuestError, GuestRun, boot, dataset_sha256, 
 from tooling import require_tool
 
 SEED = 424242
-DATASET_MIB = 16
+DATASET_MIB = 8
 CHURN_MIB = 8
 DISK_MIB = 64
 BOOT_TIMEOUT_S = 90.0  # a boot takes about 10 s under TCG here; the target is under 60
