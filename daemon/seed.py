@@ -289,15 +289,17 @@ class Seeds:
             if path.exists() and (not path.is_dir() or any(path.iterdir())):
                 raise FailedPrecondition(f"{directory} exists and is not an empty directory",
                                          hint="export each seed into a directory of its own")
+            # Space is checked before the directory is made: a refused export
+            # leaves nothing behind.
+            need = sum(d.allocated or d.size for d in info.disks)
+            free = seedfile.free_bytes(_existing_ancestor(path))
+            if need > free:
+                raise seedfile.InsufficientSpace(f"{directory} has {free} bytes free; VM {vm}'s disks hold {need}",
+                                                 hint="export to a larger drive")
             try:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise FailedPrecondition(f"cannot create {directory}: {e.strerror}") from None
-            need = sum(d.allocated or d.size for d in info.disks)
-            free = seedfile.free_bytes(path)
-            if need > free:
-                raise seedfile.InsufficientSpace(f"{directory} has {free} bytes free; VM {vm}'s disks hold {need}",
-                                                 hint="export to a larger drive")
             sid = "s-" + secrets.token_hex(4)
             while sid in self.recs:
                 sid = "s-" + secrets.token_hex(4)
@@ -532,6 +534,13 @@ class Seeds:
 
     def _save(self, rec: SeedRec) -> None:
         self.store.save_seed(rec.id, rec.to_json())
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (whose filesystem ``path`` will be on)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
 def _copy_chunks(src: int, dst: int, size: int, chunk: int, first: int, stop: int, hashes: bytearray,

@@ -13,6 +13,7 @@ error and nothing written.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 import xxhash
 from procs import python_module, start_process
 from simsite import SimVmDef, Site, assert_identical_at_stop
+from tooling import missing
 
 from liftshift.daemon import seedfile
 from liftshift.daemon.errors import FailedPrecondition
@@ -63,6 +65,16 @@ def sink_vdisks(site: Site, sink: str | None = None) -> list[str]:
     with grpc.secure_channel(sink or site.destination, site.pki.credentials()) as ch:
         got = replication_pb2_grpc.ReplicationStub(ch).ListVdisks(rpb.ListVdisksRequest(), timeout=10)
     return [v.vdisk_id for v in got.vdisks]
+
+
+def small_filesystem(path: Path, size: int, request: pytest.FixtureRequest) -> Path:
+    """A tmpfs of ``size`` bytes mounted at ``path`` (needs root, as CI runs)."""
+    if os.geteuid() != 0:
+        missing("mounting a small filesystem needs root")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "liftshift-test", str(path)], check=True)
+    request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(path)], check=False))
+    return path
 
 
 def rewrite_consistently(directory: Path, disk_index: int, chunk_index: int) -> None:
@@ -239,6 +251,15 @@ def test_bad_seeds_are_refused_and_nothing_is_written(tmp_path, shm_dir, request
     assert r.returncode != 0 and "not an empty directory" in r.stderr, r
     r = cli(site, "seed", "export", "app-a", "--to", str(tmp_path / "seed-a2"))
     assert r.returncode != 0 and f"already has seed {seed_a.id}" in r.stderr, r
+
+    # A drive too small for the VM's disks: refused before anything is made there.
+    small = small_filesystem(tmp_path / "small-drive", 1 * MiB, request)
+    r = cli(site, "seed", "export", "app-c", "--to", str(small / "seed-c"))
+    assert r.returncode != 0 and "bytes free; VM app-c's disks hold" in r.stderr, r
+    assert "export to a larger drive" in r.stderr, r
+    assert list(small.iterdir()) == []
+    r = cli(site, "seed", "list")
+    assert r.returncode == 0 and "app-c" not in r.stdout, r
 
     # Dropping A's seed frees its VM for a live migration.
     r = cli(site, "seed", "drop", seed_a.id)
