@@ -602,8 +602,14 @@ class Migrations:
                     log.warning("migration monitor: a tick has run for %.1f s; it waits at:%s", late, where)
                 await tick
             except asyncio.CancelledError:
-                tick.cancel()
-                raise
+                me = asyncio.current_task()
+                if me is None or me.cancelling():
+                    tick.cancel()
+                    raise
+                # Not this loop being cancelled: something the tick awaited ended
+                # with CancelledError (grpc.aio does so when a channel closes under a
+                # call).  Letting it through ended the monitor with nothing in the log.
+                log.error("migration monitor: a tick was cancelled from inside; going on", exc_info=True)
             except Exception:  # the loop must survive anything one migration does
                 log.exception("migration monitor")
             await asyncio.sleep(interval)

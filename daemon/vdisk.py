@@ -31,6 +31,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -44,7 +45,7 @@ from liftshift.v1 import replication_pb2_grpc
 
 from . import channels, hashing, wire
 from .core import BACKGROUND, REPAIR, RESYNC, ReadPlan, VdiskSync
-from .errors import LiftshiftError, from_rpc_error
+from .errors import LiftshiftError, Unavailable, from_rpc_error
 from .lag import LagWindow
 from .settings import DaemonConfig, ReplicateSpec
 from .state import StateStore
@@ -160,6 +161,7 @@ class VdiskReplicator:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._hashing: set[asyncio.Future[list[tuple[int, int, bytes]]]] = set()
         self._last_save = 0.0
         self._close_seq: int | None = None
         self._sink_durable_at_open = 0
@@ -199,6 +201,8 @@ class VdiskReplicator:
         if self._channel is not None:
             await self._channel.close()
         self.consumer.close()
+        if self._hashing:  # threads still reading self.fd (their callers already saw the channel close)
+            await asyncio.gather(*self._hashing, return_exceptions=True)
         os.close(self.fd)
 
     async def _run(self) -> None:
@@ -454,26 +458,25 @@ class VdiskReplicator:
         if reads and not reads[0].task.done():
             waits.append(reads[0].task)  # type: ignore[arg-type]
         bell = None
-        if linger:
-            await asyncio.wait(waits, timeout=linger, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            if linger:
+                await asyncio.wait(waits, timeout=linger, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                if self._can_live() and self._close_seq is None:
+                    bell = asyncio.ensure_future(self.consumer.wait_async(self.cfg.harvest_interval_ms / 1000))
+                    waits.append(bell)
+                await asyncio.wait(waits, timeout=self.cfg.harvest_interval_ms / 1000,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when the session is cancelled (stop): a bell left waiting would
+            # touch the ring's bell fd after stop() closed it.
             for w in waits:
-                if not (reads and w is reads[0].task):
+                if w is not bell and not (reads and w is reads[0].task):
                     w.cancel()
-            self._harvest()
-            return
-        if self._can_live() and self._close_seq is None:
-            bell = asyncio.ensure_future(self.consumer.wait_async(self.cfg.harvest_interval_ms / 1000))
-            waits.append(bell)
-        await asyncio.wait(waits, timeout=self.cfg.harvest_interval_ms / 1000, return_when=asyncio.FIRST_COMPLETED)
-        for w in waits:
-            if w is not bell and not (reads and w is reads[0].task):
-                w.cancel()
-        if bell is not None and not bell.done():
-            bell.cancel()
-            try:
-                await bell
-            except asyncio.CancelledError:
-                pass
+            if bell is not None and not bell.done():
+                bell.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await bell
         self._harvest()
 
     def _harvest(self) -> None:
@@ -546,26 +549,43 @@ class VdiskReplicator:
 
     async def hashes_match(self, offset: int, length: int, chunk: int) -> list[tuple[int, int]]:
         """Ranges of ``[offset, offset+length)`` whose XXH3-128 differs between source and shadow."""
-        stub = await self._open()
-        resp = await stub.HashRanges(pb.HashRangesRequest(vdisk_id=self.spec.vdisk_id, offset=offset,
-                                                          length=length, chunk_size=chunk), timeout=600)
-        local = await asyncio.to_thread(hashing.hash_ranges, self.fd, offset, length, chunk)
+        stub = await self._verify_stub()
+        resp = await channels.call(stub.HashRanges(pb.HashRangesRequest(vdisk_id=self.spec.vdisk_id, offset=offset,
+                                                                        length=length, chunk_size=chunk), timeout=600),
+                                   f"hashes of {self.spec.vdisk_id}")
+        local = await self._hash_locally(lambda: hashing.hash_ranges(self.fd, offset, length, chunk))
         remote = {(h.offset, h.length): h.xxh3_128 for h in resp.hashes}
         return [(off, n) for off, n, digest in local if remote.get((off, n)) != digest]
 
     async def mismatched(self, ranges: list[tuple[int, int]], chunk: int) -> list[tuple[int, int]]:
         """Chunks of ``ranges`` whose XXH3-128 differs between source and shadow (one call to the sink)."""
-        stub = await self._open()
+        stub = await self._verify_stub()
         req = pb.HashRangesRequest(vdisk_id=self.spec.vdisk_id, chunk_size=chunk,
                                    ranges=[pb.ByteRange(offset=o, length=n) for o, n in ranges])
-        remote_call = stub.HashRanges(req, timeout=600)
+        remote_call = channels.call(stub.HashRanges(req, timeout=600), f"hashes of {self.spec.vdisk_id}")
 
         def local_hashes() -> list[tuple[int, int, bytes]]:
             return [h for o, n in ranges for h in hashing.hash_ranges(self.fd, o, n, chunk)]
 
-        local, resp = await asyncio.gather(asyncio.to_thread(local_hashes), remote_call)
+        local, resp = await asyncio.gather(self._hash_locally(local_hashes), remote_call)
         remote = {(h.offset, h.length): h.xxh3_128 for h in resp.hashes}
         return [(off, n) for off, n, digest in local if remote.get((off, n)) != digest]
+
+    async def _verify_stub(self) -> replication_pb2_grpc.ReplicationStub:
+        if self._stopping:  # its channel is closed (or closing)
+            raise Unavailable(f"{self.spec.vdisk_id}: replication has stopped")
+        return await self._open()
+
+    async def _hash_locally(self, work: Callable[[], list[tuple[int, int, bytes]]]) -> list[tuple[int, int, bytes]]:
+        """Run ``work`` (hashing the source through ``self.fd``) in a thread that
+        stop() waits for before it closes the fd: a closed fd number can be
+        reused at once by another open file."""
+        if self._stopping:
+            raise Unavailable(f"{self.spec.vdisk_id}: replication has stopped")
+        fut = asyncio.ensure_future(asyncio.to_thread(work))
+        self._hashing.add(fut)
+        fut.add_done_callback(self._hashing.discard)
+        return await fut
 
     def repair(self, ranges: list[tuple[int, int]]) -> None:
         """Send these ranges again (they failed verification)."""

@@ -39,3 +39,29 @@ async def test_a_stuck_tick_is_named_in_the_log_and_the_loop_goes_on(monkeypatch
     release.set()
     await asyncio.wait_for(loop, 5)
     assert ticks == [0, 1, 2]
+
+
+async def test_a_cancelled_error_from_inside_a_tick_does_not_end_the_monitor(caplog: pytest.LogCaptureFixture) -> None:
+    """grpc.aio ends a call with CancelledError when its channel is closed (a
+    replicator paused under a preverification): the monitor logs it and goes on;
+    cancelling the monitor itself still ends it."""
+    ticks: list[int] = []
+    fake = SimpleNamespace(_stopping=False, cfg=SimpleNamespace(progress_interval_ms=10))
+
+    async def tick() -> None:
+        ticks.append(len(ticks))
+        if len(ticks) == 1:
+            raise asyncio.CancelledError()
+
+    fake.tick = tick
+    caplog.set_level(logging.ERROR, logger="liftshift.daemon.migrations")
+    loop = asyncio.ensure_future(Migrations.run(fake))  # type: ignore[arg-type]
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(ticks) < 3:
+        assert asyncio.get_running_loop().time() < deadline, ticks
+        await asyncio.sleep(0.01)
+    assert not loop.done()
+    assert any("a tick was cancelled from inside" in r.getMessage() for r in caplog.records)
+    loop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loop
