@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from liftshift.iofilter.alloc import tune_malloc
+from liftshift.iofilter.alloc import freeze_gc, tune_malloc
 from liftshift.v1 import control_pb2, control_pb2_grpc
 
 from . import access, config, estimator_model, service
@@ -131,6 +131,7 @@ async def serve(cfg: DaemonConfig, port_file: Path | None, config_path: Path | N
             tmp = port_file.with_name(f".{port_file.name}.tmp")
             tmp.write_text(f"{port}\n")
             tmp.replace(port_file)  # a reader never sees half a number
+        freeze_gc()
         vms = getattr(platform, "vms", None)
         where = (f"with {len(vms)} VM(s)" if vms is not None
                  else f"source {cfg.vsphere.source.url}, destination {cfg.vsphere.destination.url}")

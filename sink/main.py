@@ -22,7 +22,7 @@ from pathlib import Path
 
 from liftshift.daemon import service
 from liftshift.daemon.errors import LiftshiftError
-from liftshift.iofilter.alloc import tune_malloc
+from liftshift.iofilter.alloc import freeze_gc, tune_malloc
 
 from .config import SinkConfig, load_config, reference_markdown
 from .server import SinkServer
@@ -73,6 +73,7 @@ def make_start(config: SinkConfig, port_file: Path | None) -> Callable[[], Await
             raise
         if port_file is not None:
             write_port_file(port_file, port)
+        freeze_gc()
 
         async def stop() -> None:
             await sink.stop()
