@@ -40,6 +40,7 @@ from .verifymap import VerifyMap
 
 MAX_ROUNDS = 3
 PRE_STOP_CHUNKS = 8192  # at most this many pending chunks are verified just before the stop
+PRE_STOP_ROUNDS = 5  # rounds of that, each over what the guest wrote during the previous one
 _HASH_BATCH = 4096  # chunks per HashRanges call
 
 
@@ -66,13 +67,35 @@ async def _compare(r: VdiskReplicator, vmap: VerifyMap, chunks: list[int]) -> li
     return bad
 
 
-async def preverify(r: VdiskReplicator, vmap: VerifyMap, max_chunks: int) -> int:
-    """Verify up to ``max_chunks`` unverified chunks while the VM runs; returns how many were proven."""
-    chunks = vmap.next_unverified(max_chunks)
+async def preverify(r: VdiskReplicator, vmap: VerifyMap, max_chunks: int, quiet_s: float = 0.0) -> int:
+    """Verify up to ``max_chunks`` unverified chunks while the VM runs (re-written
+    ones once quiet for ``quiet_s``); returns how many were proven."""
+    chunks = vmap.next_unverified(max_chunks, quiet_s)
     if not chunks:
         return 0
     bad = await _compare(r, vmap, chunks)
     return len(chunks) - len(bad)
+
+
+async def verify_before_stopping(r: VdiskReplicator, vmap: VerifyMap) -> int:
+    """Rounds of verification while the VM still runs, so that what is left for
+    the downtime is only what the guest writes during the last round: each round
+    proves what is pending, the next one what was written meanwhile, until
+    nothing is left, a round no longer halves what is left (the guest rewrites
+    as fast as it is proven) or PRE_STOP_ROUNDS.  Returns the rounds run."""
+    left = vmap.pending_count()
+    rounds = 0
+    while 0 < left <= PRE_STOP_CHUNKS and rounds < PRE_STOP_ROUNDS:
+        rounds += 1
+        try:
+            await preverify(r, vmap, left)
+        except (LiftshiftError, grpc.RpcError):
+            break  # the cutover's own verification covers these chunks
+        now_left = vmap.pending_count()
+        if now_left > left // 2:
+            break
+        left = now_left
+    return rounds
 
 
 async def wait_connected(replicators: list[VdiskReplicator], timeout: float) -> None:
@@ -151,15 +174,8 @@ async def cut_over(vm: str, destination: str, migration_id: str, platform: Platf
     # migration started, or run again by a daemon restarted before that, must wait for it.
     await wait_connected(reps, drain_timeout)
     await platform.create_destination(vm, destination, migration_id, [d for d, _, _ in disks])
-    # Last verification round while the VM still runs: what is left for the
-    # downtime is only what the guest writes between now and the stop.
     for _, r, vmap in disks if verify_before_stop else []:
-        left = len(vmap.pending())
-        if 0 < left <= PRE_STOP_CHUNKS:
-            try:
-                await preverify(r, vmap, left)
-            except (LiftshiftError, grpc.RpcError):
-                pass  # the cutover's own verification covers these chunks
+        await verify_before_stopping(r, vmap)
     shipped0 = _shipped(reps)
     t0 = time.monotonic()
     try:

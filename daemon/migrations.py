@@ -703,7 +703,7 @@ class Migrations:
                 if r is None or not r.stats.connected:
                     continue
                 try:
-                    await cutover.preverify(r, self._vmap(d), budget)
+                    await cutover.preverify(r, self._vmap(d), budget, self.cfg.preverify_quiet_s)
                 except LiftshiftError as e:
                     log.debug("preverify %s: %s", d.vdisk_id, e)
                 except Exception as e:  # a sink hiccup: try again next tick

@@ -395,6 +395,10 @@ class DaemonConfig:
     preverify_bytes_per_s: int = doc(512 << 20, size=True,
                                      help="While a VM has converged, chunks are verified ahead of cutover at up "
                                           "to this rate (0: off; cutover then hashes every chunk).")
+    preverify_quiet_s: float = doc(1.0, help="A chunk written after it was verified is verified again ahead of "
+                                             "cutover only once the guest has left it alone this long (a chunk "
+                                             "rewritten all the time would be un-verified right after each proof; "
+                                             "what was written lately is proven in rounds just before the stop).")
     estimate_copy_efficiency: float = doc(0.8, help="Estimator: share of the probed bandwidth the replication path "
                                                    "achieves (it reads the source, interleaves live frames and the "
                                                    "sink syncs; 0.8 measured on a throttled loopback link).")
@@ -431,6 +435,8 @@ class DaemonConfig:
             raise ConfigError(f"key 'estimate_copy_efficiency': {self.estimate_copy_efficiency} must be in (0, 1]")
         if self.sneakernet_ship_days < 0:
             raise ConfigError(f"key 'sneakernet_ship_days': {self.sneakernet_ship_days} must not be negative")
+        if not 0 <= self.preverify_quiet_s <= 3600:
+            raise ConfigError(f"key 'preverify_quiet_s': {self.preverify_quiet_s} must be in [0, 3600]")
         if self.progress_interval_ms < 10:
             raise ConfigError(f"key 'progress_interval_ms': {self.progress_interval_ms} must be at least 10")
         if self.metrics_listen:

@@ -23,10 +23,19 @@ Every change to the source reaches the sink by being shipped (ring records,
 or overflow ranges resynced from the source), so once the source has
 stopped and everything is drained, a chunk still verified at its current
 generation is identical, and only the others need hashing at cutover.
+
+Which chunks to verify next: first the ones never verified (the first pass,
+which automatic cutover waits for), then re-written ones, oldest write
+first, but only once they have been quiet for ``quiet_s``.  A chunk the
+guest keeps rewriting would be un-verified again right after each proof:
+re-verifying it costs a read and a hash on both sides every time and saves
+nothing at cutover.  What the guest wrote lately is proven in rounds just
+before the stop instead (cutover.verify_before_stop).
 """
 
 from __future__ import annotations
 
+import time
 from array import array
 
 
@@ -48,24 +57,30 @@ class VerifyMap:
         self._verified = array("Q", bytes(8 * self.chunks))
         self._pending = bytearray(b"\x01") * self.chunks
         self._npending = self.chunks
+        self._never = bytearray(b"\x01") * self.chunks  # 1: never verified yet
         self._cursor = 0
-        # Chunks that were verified and then written: re-verified first, so the
-        # backlog at cutover is what was written lately, whatever the disk size.
-        self._recent: dict[int, None] = {}
+        # Pending chunks that were verified before (written since): chunk -> time
+        # of its last write, oldest first (a write moves its chunk to the end).
+        # Invariant: c in _recent <=> pending[c] and not never[c].
+        self._recent: dict[int, float] = {}
         self._ever = 0  # chunks verified at least once
 
-    def touched(self, offset: int, length: int) -> None:
-        """Something covering ``[offset, offset+length)`` was shipped."""
+    def touched(self, offset: int, length: int, now: float | None = None) -> None:
+        """Something covering ``[offset, offset+length)`` was shipped (at ``now``, monotonic)."""
         if length <= 0:
             return
         first = offset // self.chunk
         last = min((offset + length - 1) // self.chunk, self.chunks - 1)
-        gen, pending = self._gen, self._pending
+        gen, pending, never, recent = self._gen, self._pending, self._never, self._recent
         for c in range(first, last + 1):
             if not pending[c]:
                 pending[c] = 1
                 self._npending += 1
-                self._recent[c] = None
+            if not never[c]:
+                if now is None:
+                    now = time.monotonic()
+                recent.pop(c, None)
+                recent[c] = now
             gen[c] += 1
 
     def begin(self, chunks: list[int]) -> list[int]:
@@ -76,12 +91,14 @@ class VerifyMap:
         """The chunk's hashes matched; it counts if nothing was shipped since begin."""
         if self._gen[chunk] != gen_at_begin:
             return False
-        if self._verified[chunk] == 0:
+        if self._never[chunk]:
+            self._never[chunk] = 0
             self._ever += 1
         self._verified[chunk] = gen_at_begin
         if self._pending[chunk]:
             self._pending[chunk] = 0
             self._npending -= 1
+            self._recent.pop(chunk, None)
         return True
 
     def first_pass_done(self) -> bool:
@@ -105,22 +122,18 @@ class VerifyMap:
     def verified_count(self) -> int:
         return self.chunks - self._npending
 
-    def next_unverified(self, limit: int) -> list[int]:
-        """Up to ``limit`` unverified chunks: recently re-written ones first, then
-        round-robin from where the last call stopped."""
+    def pending_count(self) -> int:
+        """Chunks not verified at their current generation."""
+        return self._npending
+
+    def next_unverified(self, limit: int, quiet_s: float = 0.0, now: float | None = None) -> list[int]:
+        """Up to ``limit`` unverified chunks: never-verified ones first (round-robin
+        from where the last call stopped), then re-written ones whose last write
+        is at least ``quiet_s`` old, oldest first."""
         out: list[int] = []
-        taken: set[int] = set()
-        pending = self._pending
-        while self._recent and len(out) < limit:
-            c = next(iter(self._recent))
-            del self._recent[c]
-            if pending[c]:
-                out.append(c)
-                taken.add(c)
-        # Round-robin over the pending flags, at most one lap.
-        find, n = pending.find, self.chunks
+        find, n = self._never.find, self.chunks
         pos, scanned = self._cursor, 0
-        while len(out) < limit and scanned < n:
+        while self._ever < n and len(out) < limit and scanned < n:  # at most one lap
             c = find(1, pos)
             if c < 0:
                 scanned += n - pos
@@ -128,10 +141,16 @@ class VerifyMap:
                 continue
             scanned += c - pos + 1
             pos = c + 1 if c + 1 < n else 0
-            if c not in taken:
-                out.append(c)
-                taken.add(c)
+            if out and c == out[0]:
+                break  # came round to the first one again
+            out.append(c)
         self._cursor = pos
+        if self._recent and len(out) < limit:
+            horizon = (time.monotonic() if now is None else now) - quiet_s
+            for c, written in self._recent.items():
+                if len(out) >= limit or written > horizon:
+                    break
+                out.append(c)
         return out
 
     def runs(self, chunks: list[int]) -> list[tuple[int, int]]:

@@ -34,6 +34,7 @@ def test_defaults_and_sizes(tmp_path: Path) -> None:
     ("[[replicate]]\nvdisk_id = \"a\"\n", "required key 'replicate[0].ring' is missing"),
     ('[[replicate]]\nvdisk_id = "../x"\nring = "r"\nsource = "s"\nsink = "h:1"\n', "not a valid vdisk id"),
     ("listen = \n", "not valid TOML"),
+    ("preverify_quiet_s = -1\n", "key 'preverify_quiet_s': -1.0 must be in [0, 3600]"),
 ])
 def test_errors_name_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
     path = write(tmp_path, text)

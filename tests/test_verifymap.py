@@ -129,6 +129,8 @@ def test_runs_merge_adjacent_chunks_and_clip_the_tail() -> None:
 @given(st.integers(1, 40), st.lists(st.tuples(st.integers(0, 39), st.booleans()), max_size=40),
        st.integers(1, 12))
 def test_next_unverified_hands_out_every_pending_chunk(n: int, ops: list[tuple[int, bool]], limit: int) -> None:
+    """Never-verified chunks first, then re-written ones; verifying what is handed
+    out proves every pending chunk within a bounded number of calls."""
     vmap = VerifyMap(n * CHUNK, CHUNK)
     for c, verify in ops:
         c %= n
@@ -137,11 +139,49 @@ def test_next_unverified_hands_out_every_pending_chunk(n: int, ops: list[tuple[i
         else:
             vmap.touched(c * CHUNK, 1)
     pending = set(vmap.pending())
-    assert vmap.verified_count() == n - len(pending)
+    assert vmap.verified_count() == n - len(pending) and vmap.pending_count() == len(pending)
+    never = {c for c in pending if c not in vmap._recent}
     seen: set[int] = set()
-    for _ in range(n + 2):
+    for _ in range(-(-len(pending) // limit)):
         got = vmap.next_unverified(limit)
-        assert len(got) == len(set(got)) <= limit
-        assert set(got) <= pending
+        assert len(got) == len(set(got)) == min(limit, len(pending - seen))
+        assert set(got) <= pending - seen
+        if never - seen:  # the first pass comes first
+            assert set(got) <= never or never <= seen | set(got)
+        for c, g in zip(got, vmap.begin(got), strict=True):
+            assert vmap.confirm(c, g)
         seen |= set(got)
-    assert seen == pending
+    assert seen == pending and vmap.pending() == []
+
+
+def test_a_rewritten_chunk_waits_until_the_guest_leaves_it_alone() -> None:
+    vmap = VerifyMap(10 * CHUNK, CHUNK)
+    for c in vmap.next_unverified(10):
+        vmap.confirm(c, vmap.begin([c])[0])
+    assert vmap.first_pass_done()
+    vmap.touched(2 * CHUNK, 1, now=100.0)
+    vmap.touched(7 * CHUNK, 1, now=100.5)
+    vmap.touched(5 * CHUNK, 1, now=101.0)
+    assert vmap.next_unverified(10, quiet_s=1.0, now=101.2) == [2]
+    assert vmap.next_unverified(10, quiet_s=1.0, now=101.6) == [2, 7]
+    vmap.touched(2 * CHUNK, 1, now=101.7)  # written again: back to the end of the line
+    assert vmap.next_unverified(10, quiet_s=1.0, now=102.1) == [7, 5]
+    assert vmap.next_unverified(10, quiet_s=1.0, now=103.0) == [7, 5, 2]
+    assert vmap.next_unverified(2, quiet_s=0.0, now=101.7) == [7, 5]  # quiet 0: everything, oldest first
+    (g,) = vmap.begin([7])
+    assert vmap.confirm(7, g)
+    assert vmap.next_unverified(10, quiet_s=1.0, now=103.0) == [5, 2]
+    assert vmap.pending() == [2, 5]
+
+
+def test_never_verified_chunks_come_before_rewritten_ones() -> None:
+    vmap = VerifyMap(6 * CHUNK, CHUNK)
+    for c in (0, 1, 2):
+        vmap.confirm(c, vmap.begin([c])[0])
+    vmap.touched(1 * CHUNK, 1, now=1.0)
+    assert vmap.next_unverified(2, now=50.0) == [3, 4]
+    assert vmap.next_unverified(2, now=50.0) == [5, 3]  # round-robin over the first pass
+    for c in (3, 4, 5):
+        vmap.confirm(c, vmap.begin([c])[0])
+    assert vmap.first_pass_done()
+    assert vmap.next_unverified(2, now=50.0) == [1]
