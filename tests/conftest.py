@@ -5,6 +5,7 @@ from __future__ import annotations
 import compileall
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -27,6 +28,13 @@ from tooling import REPO  # noqa: E402
 for _package in ("iofilter", "daemon", "sink", "ctl", "proto/liftshift/v1"):
     compileall.compile_dir(REPO / _package, quiet=2)
 sys.dont_write_bytecode = False
+
+# Tests press Ctrl-C on CLI processes.  A suite started in the background by
+# a non-interactive shell (`.ci/run &`) inherits SIGINT ignored, and Python
+# leaves an ignored SIGINT ignored in every process started from here: the
+# CLI would never see the Ctrl-C.  Caught here, it is default again after exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The sink's C fast path, fresh, for this process and every sink the tests
 # start (liftshift.sink.capply reads the variable when first imported).
