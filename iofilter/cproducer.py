@@ -19,6 +19,12 @@ producer, which is correct but slower.  The library is looked up at
 (``make cbuild``).  Only one producer *process* may publish into a ring at a
 time whichever is used: the C producer takes the ring's spin lock, the
 Python one does not.
+
+The same library checks records on the consumer side: :func:`scanner`
+gives :class:`~.consumer.RingConsumer` ``ls_ring_scan``, which accepts the
+plain records of a batch (sequence and XXH3-64) in one call instead of a
+Python loop over them (~2 µs a record, a tenth of the daemon's CPU per
+4 KiB write); anything unusual is left to the Python rules.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +54,13 @@ _ERRORS: dict[int, type[RingError]] = {
     -10005: RingClosedError, -10006: OutOfRangeError,
 }
 _DEFAULT = Path(__file__).resolve().parent.parent / "build" / "lib" / "libliftshift_ring.so"
+
+class _Scan(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_uint64), ("payload", ctypes.c_uint64), ("last_seq", ctypes.c_uint64),
+                ("last_time_ns", ctypes.c_uint64), ("last_flags", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
+Scan = tuple[int, int, int, tuple[int, int, int]]  # bytes accepted, count, payload, (last seq, flags, time)
 
 _lib: Any = None
 _problem: str | None = None
@@ -79,6 +93,8 @@ def _load() -> Any:
     lib.ls_ring_publish_trim.restype = i
     lib.ls_ring_close.argtypes = [vp, ctypes.POINTER(u64)]
     lib.ls_ring_close.restype = i
+    lib.ls_ring_scan.argtypes = [ctypes.c_char_p, u64, u64, i, ctypes.POINTER(_Scan)]
+    lib.ls_ring_scan.restype = u64
     lib.ls_ring_strerror.argtypes = [i]
     lib.ls_ring_strerror.restype = ctypes.c_char_p
     _lib = lib
@@ -94,6 +110,26 @@ def problem() -> str | None:
     """Why the C producer cannot be used (None when it can)."""
     _load()
     return _problem
+
+
+def scanner() -> Callable[[bytes, int | None], Scan] | None:
+    """``scan(blob, expect)``: the plain records at the start of ``blob``
+    checked in C (``ls_ring_scan``, see liftshift_ring.h), or None when the
+    library is not available or ``LIFTSHIFT_RING_CONSUMER=python``."""
+    if os.environ.get("LIFTSHIFT_RING_CONSUMER", "").lower() == "python":
+        return None
+    lib = _load()
+    if lib is None:
+        return None
+    fn = lib.ls_ring_scan
+    out = _Scan()
+    ref = ctypes.byref(out)
+
+    def scan(blob: bytes, expect: int | None) -> Scan:
+        used = fn(blob, len(blob), expect or 0, expect is not None, ref)
+        return used, out.count, out.payload, (out.last_seq, out.last_flags, out.last_time_ns)
+
+    return scan
 
 
 class CRingProducer(AdmitAndPublish):

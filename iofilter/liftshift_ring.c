@@ -714,3 +714,32 @@ int ls_ring_layout(const char *name, uint64_t *offset)
     }
     return -1;
 }
+
+uint64_t ls_ring_scan(const void *buf, uint64_t n, uint64_t expect, int have_expect, ls_scan *out)
+{
+    const uint8_t *b = buf;
+    uint64_t o = 0;
+    memset(out, 0, sizeof *out);
+    if (!b)
+        return 0;
+    while (n - o >= sizeof(ls_record_header)) {
+        ls_record_header h;
+        memcpy(&h, b + o, sizeof h);  /* the copy may sit at any offset of the caller's buffer */
+        uint64_t size = h.word & LS_WORD_LEN_MASK;
+        if (h.word >> 62 || size < sizeof h || (size & 7) || size > n - o || h.paylen > size - sizeof h)
+            break;
+        if (have_expect && h.seq != expect)
+            break;
+        if (XXH3_64bits(b + o + sizeof h, h.paylen) != h.xxh3)
+            break;
+        out->count++;
+        out->payload += h.paylen;
+        out->last_seq = h.seq;
+        out->last_time_ns = h.time_ns;
+        out->last_flags = h.flags;
+        expect = h.seq + 1;
+        have_expect = 1;
+        o += size;
+    }
+    return o;
+}

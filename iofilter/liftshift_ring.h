@@ -290,4 +290,27 @@ const char *ls_ring_strerror(int rc);
  */
 int ls_ring_layout(const char *name, uint64_t *offset);
 
+/* What ls_ring_scan() found in the records it accepted. */
+typedef struct ls_scan {
+    uint64_t count;         /* records accepted */
+    uint64_t payload;       /* their payload bytes */
+    uint64_t last_seq;      /* sequence, flags and commit time of the last one */
+    uint64_t last_time_ns;
+    uint32_t last_flags;
+    uint32_t reserved;
+} ls_scan;
+
+/*
+ * Consumer side: check the records at the start of `buf` (`n` bytes copied
+ * out of the data area).  Accepts one record after another while each is
+ * plain: neither BUSY nor PAD, a size that is a multiple of 8, at least a
+ * header and within `n`, a payload within the record, the sequence
+ * `expect` (any sequence for the first record when `have_expect` is 0,
+ * then each one more than the last) and an XXH3-64 equal to the header's.
+ * Stops at the first record that is not, without judging it: the caller
+ * looks at that one itself (ring.py's rules decide what is corrupt).
+ * Returns the bytes accepted and fills *out (zeroed when none).
+ */
+uint64_t ls_ring_scan(const void *buf, uint64_t n, uint64_t expect, int have_expect, ls_scan *out);
+
 #endif /* LIFTSHIFT_RING_H */

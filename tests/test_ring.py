@@ -41,7 +41,9 @@ PythonProducer = RingProducer
 
 @pytest.fixture(autouse=True, params=["python-producer", "c-producer"])
 def producer_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs with each producer (the name RingProducer is swapped for the C one)."""
+    """Every test runs with each producer (the name RingProducer is swapped for the C one), and the
+    consumer checks records in C with the C producer, in Python with the Python one."""
+    monkeypatch.setenv("LIFTSHIFT_RING_CONSUMER", "python" if request.param == "python-producer" else "")
     if request.param == "c-producer":
         monkeypatch.setenv("LIFTSHIFT_RING_LIB", str(c_library()))
         monkeypatch.setattr(cproducer, "_lib", None)
