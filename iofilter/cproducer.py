@@ -23,8 +23,9 @@ Python one does not.
 The same library checks records on the consumer side: :func:`scanner`
 gives :class:`~.consumer.RingConsumer` ``ls_ring_scan``, which accepts the
 plain records of a batch (sequence and XXH3-64) in one call instead of a
-Python loop over them (~2 µs a record, a tenth of the daemon's CPU per
-4 KiB write); anything unusual is left to the Python rules.
+Python loop over them (``read_batch`` then takes 1.0 instead of 1.6-1.9 µs
+per 4 KiB record, most of it the copy out of shared memory); anything
+unusual is left to the Python rules.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ _ERRORS: dict[int, type[RingError]] = {
     -10005: RingClosedError, -10006: OutOfRangeError,
 }
 _DEFAULT = Path(__file__).resolve().parent.parent / "build" / "lib" / "libliftshift_ring.so"
+
 
 class _Scan(ctypes.Structure):
     _fields_ = [("count", ctypes.c_uint64), ("payload", ctypes.c_uint64), ("last_seq", ctypes.c_uint64),
