@@ -14,6 +14,7 @@ LIB    := build/lib/libliftshift_ring.so
 STRESS := build/bin/ring_stress
 APPLY  := build/lib/libliftshift_apply.so
 C_SRC  := iofilter/liftshift_ring.c iofilter/liftshift_ring.h
+NBD_SRC := iofilter/liftshift_nbd.c iofilter/liftshift_nbd.h
 
 .PHONY: all venv cbuild proto test bench lint clean demo
 
@@ -27,9 +28,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-$(LIB): $(C_SRC)
+# The ring library also carries liftshift-nbd's C path for plain writes.
+$(LIB): $(C_SRC) $(NBD_SRC)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -fPIC -shared -o $@ iofilter/liftshift_ring.c -lxxhash -lpthread
+	$(CC) $(CFLAGS) -fPIC -shared -o $@ iofilter/liftshift_ring.c iofilter/liftshift_nbd.c -lxxhash -lpthread
 
 $(STRESS): $(C_SRC) iofilter/ring_stress.c
 	@mkdir -p $(dir $@)

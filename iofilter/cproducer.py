@@ -62,6 +62,16 @@ class _Scan(ctypes.Structure):
                 ("last_time_ns", ctypes.c_uint64), ("last_flags", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
 
 
+class NbdBatch(ctypes.Structure):
+    """``ls_nbd_batch`` (liftshift_nbd.h): what one ``ls_nbd_serve_writes`` call did."""
+
+    _fields_ = [("consumed", ctypes.c_uint64), ("out", ctypes.c_uint64), ("served", ctypes.c_uint64),
+                ("handle", ctypes.c_uint64), ("offset", ctypes.c_uint64), ("length", ctypes.c_uint64),
+                ("stage", ctypes.c_int32), ("code", ctypes.c_int32)]
+
+
+NBD_ADMIT, NBD_PWRITE, NBD_PUBLISH = 1, 2, 3  # NbdBatch.stage: where a consumed request failed
+
 Scan = tuple[int, int, int, tuple[int, int, int]]  # bytes accepted, count, payload, (last seq, flags, time)
 
 _lib: Any = None
@@ -97,6 +107,8 @@ def _load() -> Any:
     lib.ls_ring_close.restype = i
     lib.ls_ring_scan.argtypes = [ctypes.c_char_p, u64, u64, i, ctypes.POINTER(_Scan)]
     lib.ls_ring_scan.restype = u64
+    lib.ls_nbd_serve_writes.argtypes = [vp, i, u64, u64, vp, u64, vp, u64, ctypes.POINTER(NbdBatch)]
+    lib.ls_nbd_serve_writes.restype = u64
     lib.ls_ring_strerror.argtypes = [i]
     lib.ls_ring_strerror.restype = ctypes.c_char_p
     _lib = lib
@@ -134,6 +146,15 @@ def scanner() -> Callable[[bytes, int | None], Scan] | None:
     return scan
 
 
+def plain_writes() -> Any:
+    """``ls_nbd_serve_writes`` (liftshift_nbd.h) for liftshift-nbd, or None when
+    the library is not available or ``LIFTSHIFT_NBD_WRITES=python``."""
+    if os.environ.get("LIFTSHIFT_NBD_WRITES", "").lower() == "python":
+        return None
+    lib = _load()
+    return None if lib is None else lib.ls_nbd_serve_writes
+
+
 class CRingProducer(AdmitAndPublish):
     """:class:`~.producer.RingProducer`'s interface over ``liftshift_ring.c`` (see the module note)."""
 
@@ -157,6 +178,15 @@ class CRingProducer(AdmitAndPublish):
         self._h = handle.value
         self._admit = lib.ls_ring_admit
         self._write = lib.ls_ring_publish_write
+
+    @property
+    def handle(self) -> int | None:
+        """The library's ``ls_ring *`` (None once detached), for ``ls_nbd_serve_writes``."""
+        return self._h
+
+    def error(self, rc: int, what: str = "") -> RingError:
+        """The typed error of the library's code ``rc`` about ``what``."""
+        return self._error(rc, what)
 
     def _error(self, rc: int, what: str = "") -> RingError:
         words = _lib.ls_ring_strerror(rc).decode()

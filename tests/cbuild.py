@@ -27,10 +27,10 @@ IOFILTER = REPO / "iofilter"
 
 CFLAGS = ("-O2", "-g", "-Wall", "-Wextra", "-Werror", "-std=gnu11")
 LIBS = ("-lxxhash", "-lpthread")
-LIB_SOURCES = ("iofilter/liftshift_ring.c",)
+LIB_SOURCES = ("iofilter/liftshift_ring.c", "iofilter/liftshift_nbd.c")
 APPLY_SOURCES = ("sink/liftshift_apply.c",)
 STRESS_SOURCES = ("iofilter/ring_stress.c", "iofilter/liftshift_ring.c")
-HEADERS = ("iofilter/liftshift_ring.h",)
+HEADERS = ("iofilter/liftshift_ring.h", "iofilter/liftshift_nbd.h")
 
 
 @functools.cache

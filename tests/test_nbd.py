@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cbuild import c_library
 from nbdclient import NbdClient, connect
 from procs import DaemonProcess, python_module
 from tooling import file_digest, require_tool
@@ -106,12 +107,22 @@ def spawn(args: list[str], port_file: Path, log: Path, cleanup: Callable[[Callab
     return handle
 
 
-@pytest.fixture
-def nbd(tmp_path: Path, shm_dir: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Nbd]]:
+@pytest.fixture(params=["c", "python"])
+def nbd(tmp_path: Path, shm_dir: Path, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Nbd]]:
     """Factory: ``nbd(ring=True, unix=False, extra=(...), capacity=...)`` -> a started server.
 
+    Every test runs twice: with plain writes served in C (``liftshift_nbd.c``,
+    which the server's log must confirm) and with ``LIFTSHIFT_NBD_WRITES=python``.
     At the end every server must stop on SIGTERM with status 0 and no traceback in its log.
     """
+    path = "plain writes in C" if request.param == "c" else "plain writes in Python"
+    if request.param == "c":
+        monkeypatch.setenv("LIFTSHIFT_RING_LIB", str(c_library()))
+        monkeypatch.delenv("LIFTSHIFT_NBD_WRITES", raising=False)
+        monkeypatch.delenv("LIFTSHIFT_RING_PRODUCER", raising=False)
+    else:
+        monkeypatch.setenv("LIFTSHIFT_NBD_WRITES", "python")
     count = 0
     started: list[Nbd] = []
 
@@ -136,6 +147,10 @@ def nbd(tmp_path: Path, shm_dir: Path, request: pytest.FixtureRequest) -> Iterat
         proc = spawn(args, tmp_path / f"nbd{count}.port", tmp_path / f"nbd{count}.log", request.addfinalizer,
                      wait_for=sock)
         started.append(Nbd(proc, image, rp, before, sock))
+        deadline = time.monotonic() + START_TIMEOUT_S  # with --unix the socket can come before the log line
+        while path not in proc.log() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert path in proc.log(), proc.log()
         return started[-1]
 
     yield start
