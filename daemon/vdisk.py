@@ -43,7 +43,7 @@ from liftshift.iofilter.ring import FLAG_VOID, REC, WORD_PAD
 from liftshift.v1 import replication_pb2 as pb
 from liftshift.v1 import replication_pb2_grpc
 
-from . import channels, hashing, wire
+from . import channels, hashing, sourceio, wire
 from .core import BACKGROUND, REPAIR, RESYNC, ReadPlan, VdiskSync
 from .errors import LiftshiftError, Unavailable, from_rpc_error
 from .lag import LagWindow
@@ -65,7 +65,7 @@ _RECHECK_S = 0.01  # a chunk waiting for the rate limit looks this often whether
 @dataclass
 class _Read:
     plan: ReadPlan
-    task: asyncio.Task[tuple[bytes, bool, int]]
+    task: asyncio.Future[tuple[bytes, bool, int]]
 
 
 @dataclass
@@ -143,6 +143,8 @@ class VdiskReplicator:
         self.unit = self.consumer.geometry.chunk_size
         self.size = self.consumer.geometry.disk_size
         self.fd = os.open(spec.source, os.O_RDONLY)
+        self._inline_reads = sourceio.inline_mode(self.fd)
+        log.debug("%s: source reads on the event loop: %s", spec.vdisk_id, self._inline_reads)
         src_size = os.fstat(self.fd).st_size
         if src_size < self.size:
             raise LiftshiftError(f"source {spec.source} is {src_size} bytes, the ring says the disk is {self.size}")
@@ -328,7 +330,7 @@ class VdiskReplicator:
                     plan = self.core.plan_read(self.consumer.ring_next_seq())
                     if plan is None:
                         break
-                    reads.append(_Read(plan, asyncio.create_task(asyncio.to_thread(self._read, plan))))
+                    reads.append(_Read(plan, self._start_read(plan)))
                     progressed = True
                 if not progressed:
                     await self._idle(reads, linger)
@@ -502,6 +504,23 @@ class VdiskReplicator:
         self.core.mark_dirty(ranges)
         self._save(force=True)
 
+    def _start_read(self, plan: ReadPlan) -> asyncio.Future[tuple[bytes, bool, int]]:
+        """Read ``plan``'s range on the event loop when that cannot wait for a
+        disk (:mod:`~liftshift.daemon.sourceio`), else in a worker thread."""
+        if self._inline_reads != "thread":
+            fut: asyncio.Future[tuple[bytes, bool, int]] = asyncio.get_running_loop().create_future()
+            try:
+                data = sourceio.read_inline(self.fd, self._inline_reads, plan.offset, plan.length)
+                if data is not None:
+                    # A hole (the source was trimmed since the copy began)
+                    # reads as zeros and goes as ZERO, as from _read.
+                    fut.set_result(self._checked(plan, data))
+                    return fut
+            except Exception as e:  # noqa: BLE001 - surfaces where a thread's read error would
+                fut.set_exception(e)
+                return fut
+        return asyncio.ensure_future(asyncio.to_thread(self._read, plan))
+
     def _read(self, plan: ReadPlan) -> tuple[bytes, bool, int]:
         """Read a range of the source (in a worker thread); holes are not read."""
         end = plan.offset + plan.length
@@ -511,12 +530,15 @@ class VdiskReplicator:
             hole = True  # ENXIO: no data at or after offset
         if hole:
             return b"", True, _EMPTY_XXH3
-        data = os.pread(self.fd, plan.length, plan.offset)
+        return self._checked(plan, os.pread(self.fd, plan.length, plan.offset))
+
+    def _checked(self, plan: ReadPlan, data: bytes | bytearray) -> tuple[bytes, bool, int]:
+        """(data, zero, XXH3-64) of a chunk read from the source."""
         if len(data) != plan.length:
             raise LiftshiftError(f"short read of {self.spec.source} at {plan.offset}: {len(data)} of {plan.length}")
         if data == self._zero[: plan.length]:
             return b"", True, _EMPTY_XXH3
-        return data, False, xxhash.xxh3_64_intdigest(data)
+        return data, False, xxhash.xxh3_64_intdigest(data)  # type: ignore[return-value]
 
     async def _read_acks(self, call: grpc.aio.StreamStreamCall) -> None:
         async for ack in call:
