@@ -62,10 +62,13 @@ _BUSY_S = 0.010  # a live frame went out this recently: the guest is writing ste
 _RECHECK_S = 0.01  # a chunk waiting for the rate limit looks this often whether held-back records may go
 
 
+_Chunk = tuple[bytes | bytearray, bool, int]  # a chunk read from the source: data, all zero, XXH3-64
+
+
 @dataclass
 class _Read:
     plan: ReadPlan
-    task: asyncio.Future[tuple[bytes, bool, int]]
+    task: asyncio.Future[_Chunk]
 
 
 @dataclass
@@ -428,7 +431,7 @@ class VdiskReplicator:
         return wire.live_frame(frame_no, data, batch.first_seq, batch.last_seq, batch.count)
 
     @staticmethod
-    def _chunk_frame(frame_no: int, plan: ReadPlan, data: bytes, zero: bool, digest: int) -> bytes:
+    def _chunk_frame(frame_no: int, plan: ReadPlan, data: bytes | bytearray, zero: bool, digest: int) -> bytes:
         return wire.chunk_frame(frame_no, plan.offset, plan.length, b"" if zero else data, zero, digest,
                                 _KIND[plan.kind])
 
@@ -504,11 +507,11 @@ class VdiskReplicator:
         self.core.mark_dirty(ranges)
         self._save(force=True)
 
-    def _start_read(self, plan: ReadPlan) -> asyncio.Future[tuple[bytes, bool, int]]:
+    def _start_read(self, plan: ReadPlan) -> asyncio.Future[_Chunk]:
         """Read ``plan``'s range on the event loop when that cannot wait for a
         disk (:mod:`~liftshift.daemon.sourceio`), else in a worker thread."""
         if self._inline_reads != "thread":
-            fut: asyncio.Future[tuple[bytes, bool, int]] = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[_Chunk] = asyncio.get_running_loop().create_future()
             try:
                 data = sourceio.read_inline(self.fd, self._inline_reads, plan.offset, plan.length)
                 if data is not None:
@@ -521,7 +524,7 @@ class VdiskReplicator:
                 return fut
         return asyncio.ensure_future(asyncio.to_thread(self._read, plan))
 
-    def _read(self, plan: ReadPlan) -> tuple[bytes, bool, int]:
+    def _read(self, plan: ReadPlan) -> _Chunk:
         """Read a range of the source (in a worker thread); holes are not read."""
         end = plan.offset + plan.length
         try:
@@ -532,13 +535,13 @@ class VdiskReplicator:
             return b"", True, _EMPTY_XXH3
         return self._checked(plan, os.pread(self.fd, plan.length, plan.offset))
 
-    def _checked(self, plan: ReadPlan, data: bytes | bytearray) -> tuple[bytes, bool, int]:
+    def _checked(self, plan: ReadPlan, data: bytes | bytearray) -> _Chunk:
         """(data, zero, XXH3-64) of a chunk read from the source."""
         if len(data) != plan.length:
             raise LiftshiftError(f"short read of {self.spec.source} at {plan.offset}: {len(data)} of {plan.length}")
         if data == self._zero[: plan.length]:
             return b"", True, _EMPTY_XXH3
-        return data, False, xxhash.xxh3_64_intdigest(data)  # type: ignore[return-value]
+        return data, False, xxhash.xxh3_64_intdigest(data)
 
     async def _read_acks(self, call: grpc.aio.StreamStreamCall) -> None:
         async for ack in call:

@@ -89,7 +89,8 @@ def live_frame(frame_no: int, records: bytes | memoryview, first_seq: int, last_
     return b"".join((_uint(_T_FRAME_NO, frame_no) + _T_LIVE + _varint(body) + head, records, tail))
 
 
-def chunk_frame(frame_no: int, offset: int, length: int, data: bytes, zero: bool, xxh3: int, kind: int) -> bytes:
+def chunk_frame(frame_no: int, offset: int, length: int, data: bytes | bytearray, zero: bool, xxh3: int,
+                kind: int) -> bytes:
     """``Frame(frame_no, chunk=Chunk(offset, length, data, zero, xxh3, kind))``, serialized."""
     head = _uint(_T_1_VARINT, offset) + _uint(_T_2_VARINT, length)
     if data:

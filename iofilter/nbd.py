@@ -275,9 +275,9 @@ class Export:
         if b.stage == NBD_PWRITE:
             return OSError(b.code, os.strerror(b.code))
         assert isinstance(p, CRingProducer)
-        if b.stage == NBD_ADMIT:
-            return p.error(b.code, what)
         e = p.error(b.code, what)
+        if b.stage == NBD_ADMIT:
+            return e
         log.error("%s reached the image but not the ring: %s", what, e)
         return CaptureLostError(f"write reached the image but not the ring: {e.problem}")
 
