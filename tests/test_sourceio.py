@@ -7,7 +7,7 @@ import os
 import random
 from pathlib import Path
 
-import pytest
+from tooling import missing
 
 from liftshift.daemon import sourceio
 
@@ -45,7 +45,7 @@ def _disk_dir() -> Path:
     finally:
         probe.unlink()
     if mode != "nowait":
-        pytest.skip(f"the work tree's file system does not honour RWF_NOWAIT ({mode})")
+        missing(f"the work tree's file system does not honour RWF_NOWAIT ({mode})")
     return here
 
 
