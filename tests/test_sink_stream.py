@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
+import xxhash
 from framegen import live, record
 
 from liftshift.daemon.errors import FailedPrecondition, InvalidArgument, Unavailable
 from liftshift.sink.apply import VdiskApplier
-from liftshift.sink.disk import MemoryDisk
+from liftshift.sink.disk import Buffer, MemoryDisk
 from liftshift.sink.registry import Shadow
 from liftshift.sink.state import VdiskRow
 from liftshift.sink.stream import ReplicateSession
@@ -180,3 +182,57 @@ async def test_only_the_newest_waiting_stream_takes_over(tmp_path: Path) -> None
         await waiting
     await newest
     assert shadow.owner is third
+
+
+class ThreadRecordingDisk(MemoryDisk):
+    """Remembers which thread wrote each range."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.writers: dict[int, int] = {}  # offset -> thread ident
+
+    def write(self, offset: int, parts: Sequence[Buffer]) -> None:
+        self.writers[offset] = threading.get_ident()
+        super().write(offset, parts)
+
+
+def chunk_frame(frame_no: int, offset: int, data: bytes) -> pb.Frame:
+    return pb.Frame(frame_no=frame_no, chunk=pb.Chunk(offset=offset, length=len(data), data=data,
+                                                      xxh3=xxhash.xxh3_64_intdigest(data),
+                                                      kind=pb.CHUNK_KIND_BACKGROUND))
+
+
+async def test_a_lone_stream_applies_large_frames_on_the_loop_and_others_share_a_thread() -> None:
+    """One stream: a 256 KiB chunk is written on the event loop (no hand-off).
+    Two streams at once: the same chunk goes to a worker thread, so a write
+    waiting for the page cache cannot hold up the other stream; a small frame
+    stays on the loop either way."""
+    loop_thread = threading.get_ident()
+    big = bytes(range(256)) * 1024  # 256 KiB
+    small = b"s" * 4096
+
+    lone_disk = ThreadRecordingDisk(DISK)
+    lone, _, _ = session(lone_disk)
+    feed = Feed()
+    feed.put(chunk_frame(2, 0, big))
+    feed.end()
+    await collect(lone, feed)
+    assert lone_disk.writers == {0: loop_thread}
+    assert lone_disk.read(0, len(big)) == big
+
+    disk_a, disk_b = ThreadRecordingDisk(DISK), ThreadRecordingDisk(DISK)
+    (a, _, _), (b, _, _) = session(disk_a), session(disk_b)
+    feed_a, feed_b = Feed(), Feed()
+    task_b = asyncio.create_task(collect(b, feed_b))  # B is running (idle) while A applies
+    feed_a.put(chunk_frame(2, 0, big))
+    task_a = asyncio.create_task(collect(a, feed_a))
+    while 0 not in disk_a.writers:  # applied alone, not batched with the small frame
+        await asyncio.sleep(0.001)
+    feed_a.put(chunk_frame(3, 512 << 10, small))
+    feed_a.end()
+    await task_a
+    feed_b.end()
+    await task_b
+    assert disk_a.writers[0] != loop_thread, "a large frame blocked the loop while another stream was running"
+    assert disk_a.writers[512 << 10] == loop_thread
+    assert disk_a.read(0, len(big)) == big and disk_a.read(512 << 10, len(small)) == small
