@@ -329,15 +329,14 @@ class ReplicateSession:
         """Apply frames in order, never two batches at once.
 
         On the event loop when the frames are small, or when this is the
-        only stream the sink is running: a hand-off to a worker thread
-        costs a thread wake-up and a loop wake-up per batch: a 2 GiB
-        background copy ran at 586 MB/s with every large batch in a thread,
-        652 MB/s with a lone stream's batches on the loop (medians of 6
-        alternating runs, 2 cores).  With other streams running, a large batch goes
-        to a worker thread instead (its checksums and writes release the
-        GIL), because a write waiting for page allocation or writeback would
-        otherwise hold up every stream on the loop; a lone stream only
-        holds up itself.
+        only stream the sink is running: a hand-off to a worker thread costs
+        a thread wake-up and a loop wake-up per batch (a 2 GiB background
+        copy: 586 MB/s with every large batch in a thread, 652 MB/s with a
+        lone stream's batches on the loop; medians of 6 alternating runs on
+        2 cores).  With other streams running, a large batch goes to a worker
+        thread instead (its checksums and writes release the GIL), because a
+        write waiting for page allocation or writeback would otherwise hold
+        up every stream on the loop; a lone stream only holds up itself.
         """
         if _streams <= 1 or sum(len(f.payload) for f in frames) < _INLINE_BYTES:
             for frame in frames:

@@ -224,10 +224,13 @@ async def test_a_lone_stream_applies_large_frames_on_the_loop_and_others_share_a
     (a, _, _), (b, _, _) = session(disk_a), session(disk_b)
     feed_a, feed_b = Feed(), Feed()
     task_b = asyncio.create_task(collect(b, feed_b))  # B is running (idle) while A applies
-    feed_a.put(chunk_frame(2, 0, big))
-    task_a = asyncio.create_task(collect(a, feed_a))
-    while 0 not in disk_a.writers:  # applied alone, not batched with the small frame
-        await asyncio.sleep(0.001)
+    async with asyncio.timeout(10):
+        while not b.meter.streams:
+            await asyncio.sleep(0)
+        feed_a.put(chunk_frame(2, 0, big))
+        task_a = asyncio.create_task(collect(a, feed_a))
+        while 0 not in disk_a.writers:  # applied alone, not batched with the small frame
+            await asyncio.sleep(0.001)
     feed_a.put(chunk_frame(3, 512 << 10, small))
     feed_a.end()
     await task_a

@@ -264,7 +264,7 @@ def _dense(tmp: Path, src: Path, nbd: NbdBaseline) -> list[dict]:
     # Warm-up, untimed: the first copy after the 2 GiB source was written ran
     # at half speed whichever tool it was (nbdcopy first: 460 MB/s and 8.1
     # CPU s, 708 MB/s and 5.4 CPU s in the next round; liftshift, always
-    # first before this: 169-191 MB/s in round 1 of three runs, 311-359 in
+    # first before this: 169-191 MB/s in round 1 of three runs, 228-359 in
     # rounds 2-3), so round 1 would tax whoever goes first.
     settle_pages()
     target = tmp / "warm-up.img"

@@ -91,8 +91,13 @@ async def send(port: int, source: str) -> float:
         try:
             for offset in range(0, size, PIECE):
                 while offset - acked > WINDOW:
+                    if acks.done():
+                        acks.result()  # the stream failed: raise its error
+                        raise RuntimeError("the receiver ended the stream early")
                     room.clear()
-                    await room.wait()
+                    waiter = asyncio.ensure_future(room.wait())
+                    await asyncio.wait([waiter, acks], return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
                 piece = os.pread(fd, PIECE, offset)
                 xxhash.xxh3_64_intdigest(piece)
                 await call.write(piece)
