@@ -25,8 +25,8 @@ Rules
     applied, and ``closed`` is reported once that is durable.  Background
     (repair) chunks are still accepted after it.
   * Durability order: :meth:`sync` fdatasyncs the data first and records the
-    position second, so a crash between them loses only the claim, never
-    data that was claimed.  After a restart ``applied_seq = durable_seq``.
+    position second (only when it moved, or CLOSE became durable), so a
+    crash between them loses only the claim, never data that was claimed.  After a restart ``applied_seq = durable_seq``.
     The position is snapshotted when the sync *starts* (:meth:`begin_sync`),
     so frames may go on being applied while the fdatasync runs in a thread.
   * A failed fdatasync poisons the applier (the kernel may have dropped the
@@ -369,11 +369,15 @@ class VdiskApplier:
                 self._broken = f"fdatasync failed: {e.strerror or e}"
                 self._raise_no_space(e, "syncing")
                 raise
-            try:
-                self._store.persist(self.vdisk_id, point.seq, point.barrier)
-            except BaseException:
-                self._dirty = True  # the data is durable, the claim is not: sync again later
-                raise
+            # Only a new claim is recorded: chunks carry no sequence, so during a
+            # background copy most syncs change nothing in the state database,
+            # and each commit there is one more fsync (synchronous=FULL).
+            if point.seq > self.durable_seq or (point.barrier and not self.closed):
+                try:
+                    self._store.persist(self.vdisk_id, point.seq, point.barrier)
+                except BaseException:
+                    self._dirty = True  # the data is durable, the claim is not: sync again later
+                    raise
             self.durable_seq = max(self.durable_seq, point.seq)
             self.closed = self.closed or point.barrier
             return Synced(self.durable_seq, self.closed, time.perf_counter_ns() - t0)

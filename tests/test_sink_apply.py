@@ -294,6 +294,24 @@ def test_sync_makes_data_durable_before_recording_it() -> None:
     assert a.sync().fsync_ns == 0 and disk.syncs == 1  # nothing new: no fdatasync
 
 
+def test_a_sync_records_the_position_only_when_it_moved() -> None:
+    """Chunks make a sync needed but carry no sequence: their fdatasync does not
+    write the state database again; a new sequence or the CLOSE barrier does."""
+    a, disk, store = applier()
+    a.apply_chunk(0, 4096, b"c" * 4096, False, xxhash.xxh3_64_intdigest(b"c" * 4096))
+    assert a.sync().durable_seq == 0 and disk.syncs == 1 and store.calls == []
+    apply_batch(a, live([record(1, 0, b"a")], 1))
+    a.apply_chunk(8192, 4096, b"d" * 4096, False, xxhash.xxh3_64_intdigest(b"d" * 4096))
+    a.sync()
+    assert disk.syncs == 2 and store.calls == [("vd", 1, False)]
+    a.apply_chunk(0, 4096, b"e" * 4096, False, xxhash.xxh3_64_intdigest(b"e" * 4096))
+    a.sync()
+    assert disk.syncs == 3 and store.calls == [("vd", 1, False)]
+    a.close_barrier(1)
+    assert a.sync().closed
+    assert store.calls == [("vd", 1, False), ("vd", 1, True)]
+
+
 def test_a_failed_record_keeps_the_old_durable_position() -> None:
     a, _, store = applier()
     apply_batch(a, live([record(1, 0, b"a")], 1))
