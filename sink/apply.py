@@ -26,7 +26,8 @@ Rules
     (repair) chunks are still accepted after it.
   * Durability order: :meth:`sync` fdatasyncs the data first and records the
     position second (only when it moved, or CLOSE became durable), so a
-    crash between them loses only the claim, never data that was claimed.  After a restart ``applied_seq = durable_seq``.
+    crash between them loses only the claim, never data that was claimed.
+    After a restart ``applied_seq = durable_seq``.
     The position is snapshotted when the sync *starts* (:meth:`begin_sync`),
     so frames may go on being applied while the fdatasync runs in a thread.
   * A failed fdatasync poisons the applier (the kernel may have dropped the
